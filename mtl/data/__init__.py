@@ -1,0 +1,1 @@
+"""Data sets: TFDS builders and loaders (omniglot, senteval, sinusoid)."""

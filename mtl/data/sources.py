@@ -1,0 +1,59 @@
+"""Multi-task data sets by name: `config.data.name` picks one, the rest of `config.data` are
+its options (checked against the loader's keyword arguments).
+
+A source returns `MultiTaskData`: train and test array datasets (see `mtl.data.arrays`) whose
+label fields the tasks of a config read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+from mtl.data.arrays import ArrayDataset
+from mtl.registry import Registry
+
+SOURCES: Registry = Registry("data set")
+
+
+class MultiTaskData(NamedTuple):
+    train: ArrayDataset
+    test: ArrayDataset
+
+
+@SOURCES.register("omniglot_alphabets")
+def omniglot_alphabets(
+    data_dir: str | None = None,
+    tfds_dir: str | None = None,
+    splits: Sequence[str] = ("small1", "small2"),
+    image_size: int = 28,
+    test_drawers: Sequence[int] = (16, 17, 18, 19, 20),
+) -> MultiTaskData:
+    """Omniglot with one task per alphabet: classify the character within the alphabet.
+
+    Args:
+      data_dir: folder with the original Omniglot zips; None reads $MTL_OMNIGLOT_DIR, and
+        without it TFDS downloads them.
+      tfds_dir: where TFDS keeps the prepared data (TFDS's default when None).
+      splits: which zips to use (`small1`, `small2`, `train` = background, `test` = evaluation).
+      image_size: side of the square images after resizing (MAML uses 28).
+      test_drawers: the drawers (1..20) whose drawings form the test set.
+    """
+    from mtl.data import omniglot  # imports TensorFlow: only when this source is used
+
+    images = omniglot.load_omniglot(
+        omniglot.resolve_data_dir(data_dir),
+        splits=tuple(splits),
+        tfds_dir=tfds_dir,
+        image_size=image_size,
+    )
+    train, test, _ = omniglot.alphabet_tasks(images, test_drawers)
+    return MultiTaskData(train, test)
+
+
+def load(data_config: Mapping[str, Any]) -> MultiTaskData:
+    """Loads the source named by `data_config.name` with the rest of the block as options."""
+    options = dict(data_config)
+    name = options.pop("name")
+    loader = SOURCES.get(name, field="data.name")
+    return loader(**SOURCES.options_from(name, options, field="data"))

@@ -1,0 +1,47 @@
+"""Task heads: the task-specific part of a multi-task model.
+
+A head maps the trunk's representation [batch, features] to the task's outputs
+[batch, num_outputs]: class logits, per-label logits, or regression values. All three are a
+dense layer (after optional hidden layers); they differ in the loss and metrics a task pairs
+them with by default (`HEAD_DEFAULTS`), which the task config may override.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+from flax import nnx
+
+from mtl.registry import Registry
+
+HEADS: Registry = Registry("head")
+
+# head name -> (default loss, default metrics)
+HEAD_DEFAULTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "classification": ("softmax_cross_entropy", ("accuracy",)),
+    "multilabel": ("sigmoid_cross_entropy", ("label_accuracy", "exact_match")),
+    "regression": ("mse", ("mse", "mae")),
+}
+
+
+class DenseHead(nnx.Module):
+    """Optional hidden ReLU layers, then a linear layer to `num_outputs`."""
+
+    def __init__(
+        self, in_features: int, num_outputs: int, *, hidden: Sequence[int] = (), rngs: nnx.Rngs
+    ):
+        sizes = [in_features, *hidden]
+        self.hidden = nnx.List(
+            [nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
+        )
+        self.out = nnx.Linear(sizes[-1], num_outputs, rngs=rngs)
+
+    def __call__(self, z: jax.Array) -> jax.Array:
+        for layer in self.hidden:
+            z = nnx.relu(layer(z))
+        return self.out(z)
+
+
+for _name in HEAD_DEFAULTS:
+    HEADS.register(_name)(DenseHead)

@@ -1,0 +1,48 @@
+"""The multi-task model: one shared trunk and a dict of heads keyed by task name."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import ml_collections
+from flax import nnx
+
+from mtl.models.heads import HEADS
+from mtl.models.trunks import TRUNKS
+
+
+class MultiTaskModel(nnx.Module):
+    """`trunk(x)` is shared; `heads[task]` maps the representation to that task's outputs."""
+
+    def __init__(self, trunk: nnx.Module, heads: Mapping[str, nnx.Module]):
+        self.trunk = trunk
+        self.heads = nnx.Dict(dict(heads))
+
+    def __call__(self, x: Any, *, train: bool = False) -> dict[str, jax.Array]:
+        z = self.trunk(x, train=train)
+        return {name: head(z) for name, head in self.heads.items()}
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """`model.trunk` names the trunk; `model.<trunk>` holds each trunk's options."""
+    return TRUNKS.default_config("conv4", skip=("input_shape",), key="trunk")
+
+
+def build_model(
+    model_config: Mapping[str, Any], tasks: Sequence, input_shape: Sequence[int], seed: int
+) -> MultiTaskModel:
+    """Builds the trunk named by `model_config.trunk` and one head per task."""
+    name = model_config["trunk"]
+    factory = TRUNKS.get(name, field="model.trunk")
+    options = TRUNKS.options_from(name, model_config.get(name), field=f"model.{name}")
+    rngs = nnx.Rngs(seed)
+    trunk = factory(tuple(input_shape), rngs=rngs, **options)
+    heads = {
+        task.name: HEADS.get(task.head)(
+            trunk.out_features, task.num_outputs, hidden=task.head_hidden, rngs=rngs
+        )
+        for task in tasks
+    }
+    return MultiTaskModel(trunk, heads)

@@ -1,0 +1,23 @@
+"""Trunks: the shared part of a multi-task model.
+
+Each trunk is one file in this package that registers a factory in `TRUNKS`:
+
+    @TRUNKS.register("conv4")
+    class Conv4(nnx.Module):
+        def __init__(self, input_shape, *, filters=64, ..., rngs): ...
+        out_features: int                         # width of the representation it returns
+        def __call__(self, x, *, train: bool): ...  # -> [batch, out_features]
+
+Keyword options with defaults become config fields (`--config.model.conv4.filters=32`).
+Every module in this package is imported below, so adding a trunk is adding one file.
+"""
+
+import importlib
+import pkgutil
+
+from mtl.registry import Registry
+
+TRUNKS: Registry = Registry("trunk")
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")

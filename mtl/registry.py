@@ -1,0 +1,80 @@
+"""Name -> factory tables, so configs pick trunks, heads and methods by name."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Generic, TypeVar
+
+import ml_collections
+
+from mtl.errors import ConfigError, unknown_name
+
+T = TypeVar("T", bound=Callable[..., Any])
+
+
+class Registry(Generic[T]):
+    """A table of named factories with clear errors for unknown names and arguments.
+
+    `@REGISTRY.register("name")` adds a factory; `REGISTRY.get("name")` returns it or raises a
+    `ConfigError` that lists the known names and suggests the closest one. Factories take their
+    options as keyword arguments with defaults, which `default_config` turns into a config block
+    so that every option can be overridden from the command line.
+    """
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._table: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        def add(factory: T) -> T:
+            if name in self._table:
+                raise ValueError(f"{self.kind} {name!r} is registered twice.")
+            self._table[name] = factory
+            return factory
+
+        return add
+
+    def get(self, name: str, field: str | None = None) -> T:
+        if name not in self._table:
+            raise unknown_name(self.kind, name, self._table, field)
+        return self._table[name]
+
+    def options(self, name: str, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+        """The keyword options of factory `name` with their defaults (minus `skip`)."""
+        factory = self.get(name)
+        # NNX module classes hide __init__'s signature behind their metaclass.
+        target = factory.__init__ if isinstance(factory, type) else factory
+        params = inspect.signature(target).parameters.values()
+        return {
+            p.name: p.default
+            for p in params
+            if p.default is not inspect.Parameter.empty and p.name not in skip
+        }
+
+    def default_config(
+        self, default: str, skip: tuple[str, ...] = (), key: str = "name"
+    ) -> ml_collections.ConfigDict:
+        """`{key: default, <each factory>: {its keyword defaults}}` as a ConfigDict."""
+        block = {key: default}
+        for name in self:
+            block[name] = self.options(name, skip)
+        return ml_collections.ConfigDict(block)
+
+    def options_from(self, name: str, options: Mapping[str, Any] | None, field: str) -> dict:
+        """Checks `options` against the factory's keywords; unknown ones raise `ConfigError`."""
+        options = dict(options or {})
+        accepted = self.options(name)
+        unknown = sorted(set(options) - set(accepted))
+        if unknown:
+            raise ConfigError(
+                f"{self.kind} {name!r} has no option(s) {', '.join(unknown)} (config field "
+                f"{field}). Accepted: {', '.join(sorted(accepted)) or 'none'}."
+            )
+        return options
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._table
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._table))

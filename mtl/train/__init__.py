@@ -1,0 +1,21 @@
+"""Training loops, one file per kind of run; `config.trainer` picks one by name."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+
+from mtl.errors import unknown_name
+
+# trainer name -> "module:function"; imported on use so a run loads only its own loop.
+TRAINERS: dict[str, str] = {
+    "multitask": "mtl.train.multitask:train_and_evaluate",
+}
+
+
+def get_trainer(name: str) -> Callable:
+    """The `train_and_evaluate(config, workdir)` function of trainer `name`."""
+    if name not in TRAINERS:
+        raise unknown_name("trainer", name, TRAINERS, field="trainer")
+    module, function = TRAINERS[name].split(":")
+    return getattr(importlib.import_module(module), function)

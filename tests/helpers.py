@@ -1,0 +1,47 @@
+"""Small builders shared by tests: toy tasks and data, and a plain equal-weight method."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+
+from mtl.tasks import tasks_from_config
+from mtl.weighting.base import Weighting, weighted_update
+
+
+def toy_tasks():
+    """Three tasks: two classifications reading different fields, one regression."""
+    return tasks_from_config(
+        {
+            "a": dict(head="classification", num_outputs=4),
+            "b": dict(head="classification", num_outputs=3),
+            "r": dict(head="regression", num_outputs=1),
+        }
+    )
+
+
+def toy_batch(n: int, shape=(8, 8, 1), seed: int = 0) -> dict:
+    """Random inputs; each example labelled for a random subset of the toy tasks."""
+    rng = np.random.default_rng(seed)
+    masks = {f: rng.random(n) < 0.6 for f in ("a", "b", "r")}
+    labels = {
+        "a": np.where(masks["a"], rng.integers(0, 4, n), -1).astype(np.int32),
+        "b": np.where(masks["b"], rng.integers(0, 3, n), -1).astype(np.int32),
+        "r": np.where(masks["r"], rng.normal(size=n), np.nan).astype(np.float32),
+    }
+    return {
+        "inputs": rng.normal(size=(n, *shape)).astype(np.float32),
+        "labels": labels,
+        "masks": masks,
+    }
+
+
+def sum_of_losses() -> Weighting:
+    """Equal weights, written here so step tests don't depend on the weighting package."""
+    return Weighting(
+        init=lambda num_tasks: {},
+        update=lambda objective, state, rng: (
+            weighted_update(objective, jnp.ones(len(objective.task_specific))),
+            state,
+        ),
+    )
