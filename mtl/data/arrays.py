@@ -4,6 +4,9 @@ An array dataset is a dict of host arrays with a leading example axis:
 
     {"inputs": [N, ...], "labels": {field: [N, ...]}, "masks": {field: bool [N]}}
 
+`inputs` may also be a dict of arrays with the same leading axis (text: token ids, attention
+mask); everything here tree-maps over it.
+
 A label field's mask says which examples carry that label; batches keep the same structure.
 
 Batches are drawn by a stateless sampler: the examples of step `s` depend only on
@@ -23,7 +26,16 @@ ArrayDataset = dict[str, Any]
 
 
 def num_examples(data: ArrayDataset) -> int:
-    return int(len(data["inputs"]))
+    """Length of the leading axis (inputs may be one array or a dict of arrays, e.g. tokens)."""
+    return int(len(jax.tree_util.tree_leaves(data["inputs"])[0]))
+
+
+def input_shape(data: ArrayDataset) -> Any:
+    """The shape of one example's inputs: a tuple, or a dict of tuples for dict inputs."""
+    inputs = data["inputs"]
+    if isinstance(inputs, dict):
+        return {k: tuple(v.shape[1:]) for k, v in inputs.items()}
+    return tuple(inputs.shape[1:])
 
 
 def take(data: ArrayDataset, index: np.ndarray) -> ArrayDataset:

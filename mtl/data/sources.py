@@ -51,6 +51,47 @@ def omniglot_alphabets(
     return MultiTaskData(train, test)
 
 
+@SOURCES.register("senteval")
+def senteval(
+    tasks: Sequence[str] = ("mr",),
+    data_dir: str | None = None,
+    tfds_dir: str | None = None,
+    tokenizer_dir: str | None = None,
+    max_length: int = 64,
+    max_train_examples: int = 0,
+    max_test_examples: int = 0,
+    eval_split: str = "test",
+    seed: int = 0,
+) -> MultiTaskData:
+    """SentEval sentence classification, one label field per task (see `mtl.data.senteval`).
+
+    Args:
+      tasks: SentEval tasks (mr, subj, mpqa, sst2, sst5, trec_coarse, trec_fine).
+      data_dir: folder with SentEval's MR, SUBJ, ... folders; None reads $MTL_SENTEVAL_DIR.
+      tfds_dir: where TFDS keeps the prepared data (TFDS's default when None).
+      tokenizer_dir: a Hugging Face tokenizer (a converted checkpoint holds one).
+      max_length: tokens per sentence after truncation and padding, [CLS] and [SEP] included.
+      max_train_examples: a seeded subset of each task's training split (0: all).
+      max_test_examples: the same for the evaluation split (0: all).
+      eval_split: "test", or "dev" for model selection.
+      seed: seeds the subsets.
+    """
+    from mtl.data import senteval as senteval_data  # imports TensorFlow: only when used
+
+    train, test = senteval_data.senteval_tasks(
+        tasks,
+        data_dir=data_dir,
+        tfds_dir=tfds_dir,
+        tokenizer_dir=tokenizer_dir,
+        max_length=max_length,
+        max_train_examples=max_train_examples,
+        max_test_examples=max_test_examples,
+        eval_split=eval_split,
+        seed=seed,
+    )
+    return MultiTaskData(train, test)
+
+
 def load(data_config: Mapping[str, Any]) -> MultiTaskData:
     """Loads the source named by `data_config.name` with the rest of the block as options."""
     options = dict(data_config)

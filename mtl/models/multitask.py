@@ -31,14 +31,19 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def build_model(
-    model_config: Mapping[str, Any], tasks: Sequence, input_shape: Sequence[int], seed: int
+    model_config: Mapping[str, Any],
+    tasks: Sequence,
+    input_shape: Sequence[int] | Mapping[str, Sequence[int]],
+    seed: int,
 ) -> MultiTaskModel:
     """Builds the trunk named by `model_config.trunk` and one head per task."""
     name = model_config["trunk"]
     factory = TRUNKS.get(name, field="model.trunk")
     options = TRUNKS.options_from(name, model_config.get(name), field=f"model.{name}")
     rngs = nnx.Rngs(seed)
-    trunk = factory(tuple(input_shape), rngs=rngs, **options)
+    # Dict inputs (text: token arrays by name) give a dict of shapes.
+    shape = dict(input_shape) if isinstance(input_shape, Mapping) else tuple(input_shape)
+    trunk = factory(shape, rngs=rngs, **options)
     heads = {
         task.name: HEADS.get(task.head)(
             trunk.out_features, task.num_outputs, hidden=task.head_hidden, rngs=rngs

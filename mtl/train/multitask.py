@@ -50,11 +50,14 @@ def load_data(config, tasks) -> sources.MultiTaskData:
     return sources.MultiTaskData(*(arrays.select_fields(ds, fields) for ds in data))
 
 
-def evaluate(eval_step, state, data: arrays.ArrayDataset, batch_size: int, sharding) -> dict:
-    """Per-task metric means over a whole data set."""
+def evaluate(
+    eval_step, state, data: arrays.ArrayDataset, batch_size: int, sharding, prepare=None
+) -> dict:
+    """Per-task metric means over a whole data set; `prepare` maps each host batch first."""
     totals: dict[str, dict[str, float]] = {}
     rows = parallel.process_rows(batch_size)
     for batch in arrays.eval_batches(data, batch_size):
+        batch = prepare(batch) if prepare is not None else batch
         local = jax.tree_util.tree_map(lambda a: a[rows], batch)
         sums = jax.device_get(eval_step(state, parallel.to_global(local, sharding)))
         for task, values in sums.items():
@@ -77,7 +80,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     parallel.check_batch_size(config.eval_batch_size, mesh, field="eval_batch_size")
     checkpoint.guard_config(workdir, config, MODEL_KEYS)
 
-    input_shape = data.train["inputs"].shape[1:]
+    input_shape = arrays.input_shape(data.train)
     model = build_model(config.model, tasks, input_shape, config.seed)
     optimizer = optim.make_optimizer(config.optimizer, config.num_steps)
     steps = make_steps(model, tasks, optimizer, weighting, config.seed)

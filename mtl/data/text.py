@@ -1,0 +1,129 @@
+"""Text as array datasets: tokenise with a Hugging Face tokenizer into fixed-width int arrays.
+
+The inputs of a text array dataset are a dict of [N, max_length] int32 arrays, as a BERT
+tokenizer returns them (`input_ids`, `attention_mask`, `token_type_ids`). Everything in
+`mtl.data.arrays` tree-maps over inputs, so batching, sharding and evaluation work unchanged.
+
+Padding to `max_length` keeps shapes static for `jit`; `trim_padding` cuts a batch to its
+longest sentence rounded up to a multiple (a handful of compiled shapes instead of one per
+length), which on short-sentence tasks such as MPQA saves most of the compute.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from mtl.errors import ConfigError, DataError
+
+# A fast tokenizer is tokenizer.json; a BERT WordPiece vocabulary alone (vocab.txt) also works.
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
+# What to copy so that a directory is a complete tokenizer for `load_tokenizer`.
+TOKENIZER_SIDE_FILES = ("tokenizer_config.json", "special_tokens_map.json", "config.json")
+
+
+def check_tokenizer_dir(directory: str | None, field: str = "data.tokenizer_dir") -> str:
+    """The directory holding the tokenizer (`directory` or its `tokenizer/` folder), else a
+    `DataError` naming the missing file and the fix."""
+    if not directory:
+        raise ConfigError(
+            f"No tokenizer directory: set --config.{field} (a converted checkpoint from "
+            "`python -m launch.convert` holds its tokenizer)."
+        )
+    if not os.path.isdir(directory):
+        raise DataError(f"The tokenizer directory {directory} does not exist (config {field}).")
+    nested = os.path.join(directory, "tokenizer")  # a fine-tuning run's workdir keeps it there
+    if not _has_tokenizer(directory) and _has_tokenizer(nested):
+        return nested
+    if not any(os.path.isfile(os.path.join(directory, f)) for f in TOKENIZER_FILES):
+        raise DataError(
+            f"{directory} holds no tokenizer: it needs {' or '.join(TOKENIZER_FILES)} (plus "
+            f"{', '.join(TOKENIZER_SIDE_FILES[:2])}). Copy them from the Hugging Face model "
+            f"directory, or convert it with `python -m launch.convert`, which copies them."
+        )
+    return directory
+
+
+def _has_tokenizer(directory: str) -> bool:
+    return any(os.path.isfile(os.path.join(directory, f)) for f in TOKENIZER_FILES)
+
+
+def load_tokenizer(directory: str):
+    """The Hugging Face tokenizer saved in `directory` (offline: no hub look-up)."""
+    from transformers import AutoTokenizer  # heavy import, only for text runs
+
+    return AutoTokenizer.from_pretrained(check_tokenizer_dir(directory), local_files_only=True)
+
+
+def copy_tokenizer(source: str, destination: str) -> list[str]:
+    """Copies the tokenizer files of `source` into `destination`; returns their names."""
+    import shutil
+
+    check_tokenizer_dir(source)
+    os.makedirs(destination, exist_ok=True)
+    copied = []
+    for name in TOKENIZER_FILES + TOKENIZER_SIDE_FILES:
+        if os.path.isfile(os.path.join(source, name)):
+            shutil.copyfile(os.path.join(source, name), os.path.join(destination, name))
+            copied.append(name)
+    return copied
+
+
+def tokenize(tokenizer: Any, sentences: Sequence[str], max_length: int) -> dict[str, np.ndarray]:
+    """`{input_ids, attention_mask, token_type_ids}`: int32 [N, max_length], truncated, padded."""
+    if not isinstance(max_length, int) or max_length < 2:
+        raise ConfigError(f"max_length must be an int >= 2, got {max_length!r}.")
+    encoded = tokenizer(
+        list(sentences),
+        max_length=max_length,
+        truncation=True,
+        padding="max_length",
+        return_tensors="np",
+        return_token_type_ids=True,
+        return_attention_mask=True,
+    )
+    return {
+        k: np.asarray(encoded[k], np.int32)
+        for k in ("input_ids", "attention_mask", "token_type_ids")
+    }
+
+
+def trim_padding(inputs: Mapping[str, np.ndarray], multiple: int) -> dict[str, np.ndarray]:
+    """Cuts [B, L] token arrays to the batch's longest sentence, rounded up to `multiple`.
+
+    Padding positions change nothing for the real tokens (they are masked out of attention and
+    of mean pooling), so this is exact; `multiple` <= 0 keeps the full width.
+    """
+    if multiple <= 0 or "attention_mask" not in inputs:
+        return dict(inputs)
+    width = inputs["attention_mask"].shape[1]
+    longest = int(np.max(np.sum(inputs["attention_mask"] != 0, axis=1), initial=1))
+    keep = min(width, -(-longest // multiple) * multiple)
+    return {k: v[:, :keep] for k, v in inputs.items()}
+
+
+def text_dataset(
+    inputs: Mapping[str, np.ndarray], label_field: str, labels: np.ndarray, fields: Sequence[str]
+) -> dict[str, Any]:
+    """An array dataset whose examples all carry `label_field`; the other `fields` are masked."""
+    n = len(labels)
+    if any(len(v) != n for v in inputs.values()):
+        raise DataError(f"{label_field}: {n} labels but token arrays of other lengths.")
+    return {
+        "inputs": dict(inputs),
+        "labels": {
+            f: (np.asarray(labels, np.int32) if f == label_field else np.full(n, -1, np.int32))
+            for f in fields
+        },
+        "masks": {f: np.full(n, f == label_field) for f in fields},
+    }
+
+
+def concatenate(datasets: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """One array dataset with the examples of all `datasets` (same structure), in order."""
+    import jax
+
+    return jax.tree_util.tree_map(lambda *a: np.concatenate(a), *datasets)

@@ -1,0 +1,153 @@
+"""Partial restore: start a new model (new heads, perhaps LoRA factors) from a trunk checkpoint.
+
+A trunk checkpoint is either
+- a converted checkpoint (`python -m launch.convert`): `model.json` + Orbax `params/` holding
+  `{"trunk": ...}`, or
+- the workdir of a training run: `config.json` + Orbax `checkpoints/<step>/`, whose newest step
+  holds `params/trunk` (only that subtree is read, not the optimizer state).
+
+`restore_trunk` loads every trunk parameter the checkpoint has. Parameters only the new model
+has must match `keep_fresh` (LoRA factors by default) and stay as initialised; checkpoint
+parameters the new model lacks must match `skip` (the BERT pooler, used only with
+`pooling="pooler"`). Anything else, or a shape mismatch, is one `ConfigError` that lists it all,
+raised before any array is read. Heads are never restored: new tasks get fresh heads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+from flax import nnx
+
+from mtl import checkpoint
+from mtl.errors import ConfigError, DataError
+
+MODEL_FILE = "model.json"  # {"trunk": name, name: {options}} of a converted checkpoint
+PARAMS_DIR = "params"
+KEEP_FRESH = (r"lora_[ab]$",)
+SKIP = (r"^pooler/",)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrunkSource:
+    params_path: str  # an Orbax checkpoint directory
+    select: tuple[str, ...]  # where the trunk's params sit in it
+    trunk: str  # trunk name
+    options: dict[str, Any]  # the trunk's options as saved
+
+
+def find_source(path: str) -> TrunkSource:
+    """Where the trunk parameters of a converted checkpoint or run workdir are."""
+    if not os.path.isdir(path):
+        raise DataError(f"The checkpoint {path} does not exist (config init.checkpoint).")
+    if os.path.isfile(os.path.join(path, MODEL_FILE)):
+        with open(os.path.join(path, MODEL_FILE)) as f:
+            model = json.load(f)
+        return TrunkSource(
+            os.path.join(path, PARAMS_DIR), ("trunk",), model["trunk"], model[model["trunk"]]
+        )
+    config_path = os.path.join(path, "config.json")
+    steps_dir = os.path.join(path, "checkpoints")
+    if os.path.isfile(config_path) and os.path.isdir(steps_dir):
+        steps = sorted(int(s) for s in os.listdir(steps_dir) if s.isdigit())
+        if not steps:
+            raise DataError(f"The run {path} has no complete checkpoint in {steps_dir}.")
+        with open(config_path) as f:
+            model = json.load(f)["model"]
+        params = os.path.join(steps_dir, str(steps[-1]), "default")
+        return TrunkSource(
+            params, ("params", "trunk"), model["trunk"], model.get(model["trunk"]) or {}
+        )
+    raise DataError(
+        f"{path} is neither a converted checkpoint ({MODEL_FILE} + {PARAMS_DIR}/, made by "
+        "`python -m launch.convert`) nor a run workdir (config.json + checkpoints/)."
+    )
+
+
+def check_architecture(
+    model_config: Mapping[str, Any], source: TrunkSource, keys: Sequence[str]
+) -> None:
+    """`ConfigError` unless the config builds the trunk the checkpoint holds (`keys` options)."""
+    name = model_config["trunk"]
+    if name != source.trunk:
+        raise ConfigError(
+            f"The checkpoint holds a {source.trunk!r} trunk but config model.trunk is {name!r}."
+        )
+    ours = model_config.get(name) or {}
+    diff = [k for k in keys if k in source.options and ours.get(k) != source.options[k]]
+    if diff:
+        fixes = " ".join(f"--config.model.{name}.{k}={source.options[k]}" for k in diff)
+        raise ConfigError(
+            f"The config's {name} trunk differs from the checkpoint's in {', '.join(diff)} "
+            f"(config: {', '.join(f'{k}={ours.get(k)!r}' for k in diff)}). Set {fixes}."
+        )
+
+
+def _flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            out.update(_flat(value, f"{prefix}{key}/"))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
+    tree: dict = {}
+    for path, value in flat.items():
+        node = tree
+        *parents, last = [int(p) if p.isdigit() else p for p in path.split("/")]
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return tree
+
+
+def restore_trunk(
+    trunk: nnx.Module,
+    source: TrunkSource,
+    *,
+    keep_fresh: Sequence[str] = KEEP_FRESH,
+    skip: Sequence[str] = SKIP,
+) -> dict[str, list[str]]:
+    """Loads the checkpoint's trunk parameters into `trunk` in place; returns what was
+    `loaded`, kept `fresh` and `skipped` (paths)."""
+    state = nnx.state(trunk, nnx.Param)
+    fresh = _flat(nnx.to_pure_dict(state))
+    saved = _flat(checkpoint.tree_shapes(source.params_path, source.select))
+    keep_fresh = [re.compile(p) for p in keep_fresh]
+    skip = [re.compile(p) for p in skip]
+    mismatched = [
+        f"{p}: checkpoint {tuple(saved[p].shape)}, model {tuple(fresh[p].shape)}"
+        for p in sorted(set(fresh) & set(saved))
+        if tuple(saved[p].shape) != tuple(fresh[p].shape)
+    ]
+    only_fresh = sorted(set(fresh) - set(saved))
+    only_saved = sorted(set(saved) - set(fresh))
+    missing = [p for p in only_fresh if not any(r.search(p) for r in keep_fresh)]
+    unused = [p for p in only_saved if not any(r.search(p) for r in skip)]
+    if mismatched or missing or unused:
+        lines = [f"The trunk checkpoint {source.params_path} does not fit the model:"]
+        for title, items in (
+            ("shape mismatches", mismatched),
+            ("model parameters the checkpoint lacks", missing),
+            ("checkpoint parameters the model lacks", unused),
+        ):
+            if items:
+                lines.append(f"  {title} ({len(items)}): {', '.join(items[:12])}")
+        lines.append("Build the model with the checkpoint's trunk options (see init.checkpoint).")
+        raise ConfigError("\n".join(lines))
+    loaded = sorted(set(fresh) & set(saved))
+    like = _nest({p: saved[p] for p in loaded})
+    values = _flat(checkpoint.read_subtree(source.params_path, source.select, like))
+    cast = {p: jax.numpy.asarray(values[p], fresh[p].dtype) for p in loaded}
+    nnx.replace_by_pure_dict(state, _nest({p: cast.get(p, v) for p, v in fresh.items()}))
+    nnx.update(trunk, state)
+    return {"loaded": loaded, "fresh": only_fresh, "skipped": only_saved}
