@@ -19,8 +19,9 @@ cross-validation), TREC no dev set. Their distinct sentences are shuffled by
 `np.random.default_rng([SPLIT_SEED, crc32(folder)])` (so trec_coarse and trec_fine split
 alike) and cut at the fractions above, and every copy of a sentence goes to the split of its
 first copy, so no sentence is in two splits (MPQA repeats many phrases, 99 of them with both
-labels). Empty lines are skipped. Changing any
-of this is a new builder version.
+labels). Empty lines are skipped. Official splits are kept as published, overlaps included:
+TREC_10 shares 10 questions with train_5500, and SST's train/dev/test share 4 short sentences
+("no . .", "what 's next ?", ...). Changing any of this is a new builder version.
 
 The files are SentEval's (`data/downstream/get_transfer_data.bash` in facebookresearch/SentEval);
 this builder never downloads: put them in the manual directory.

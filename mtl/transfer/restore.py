@@ -9,7 +9,8 @@ A trunk checkpoint is either
 `restore_trunk` loads every trunk parameter the checkpoint has. Parameters only the new model
 has must match `keep_fresh` (LoRA factors by default) and stay as initialised; checkpoint
 parameters the new model lacks must match `skip` (the BERT pooler, used only with
-`pooling="pooler"`). Anything else, or a shape mismatch, is one `ConfigError` that lists it all,
+`pooling="pooler"`). LoRA factors of a run restored into a model without LoRA are merged into
+their kernels. Anything else, or a shape mismatch, is one `ConfigError` that lists it all,
 raised before any array is read. Heads are never restored: new tasks get fresh heads.
 """
 
@@ -40,6 +41,7 @@ class TrunkSource:
     select: tuple[str, ...]  # where the trunk's params sit in it
     trunk: str  # trunk name
     options: dict[str, Any]  # the trunk's options as saved
+    lora_scale: float | None = None  # alpha / rank when the run trained LoRA factors
 
 
 def find_source(path: str) -> TrunkSource:
@@ -59,11 +61,14 @@ def find_source(path: str) -> TrunkSource:
         if not steps:
             raise DataError(f"The run {path} has no complete checkpoint in {steps_dir}.")
         with open(config_path) as f:
-            model = json.load(f)["model"]
+            config = json.load(f)
+        model, finetune = config["model"], config.get("finetune") or {}
+        scale = None
+        if finetune.get("strategy") == "lora":
+            scale = finetune["lora"]["alpha"] / finetune["lora"]["rank"]
         params = os.path.join(steps_dir, str(steps[-1]), "default")
-        return TrunkSource(
-            params, ("params", "trunk"), model["trunk"], model.get(model["trunk"]) or {}
-        )
+        options = model.get(model["trunk"]) or {}
+        return TrunkSource(params, ("params", "trunk"), model["trunk"], options, scale)
     raise DataError(
         f"{path} is neither a converted checkpoint ({MODEL_FILE} + {PARAMS_DIR}/, made by "
         "`python -m launch.convert`) nor a run workdir (config.json + checkpoints/)."
@@ -117,8 +122,8 @@ def restore_trunk(
     keep_fresh: Sequence[str] = KEEP_FRESH,
     skip: Sequence[str] = SKIP,
 ) -> dict[str, list[str]]:
-    """Loads the checkpoint's trunk parameters into `trunk` in place; returns what was
-    `loaded`, kept `fresh` and `skipped` (paths)."""
+    """Loads the checkpoint's trunk parameters into `trunk` in place; returns the paths
+    `loaded`, kept `fresh`, `skipped` and LoRA factors `merged` into their kernels."""
     state = nnx.state(trunk, nnx.Param)
     fresh = _flat(nnx.to_pure_dict(state))
     saved = _flat(checkpoint.tree_shapes(source.params_path, source.select))
@@ -131,6 +136,10 @@ def restore_trunk(
     ]
     only_fresh = sorted(set(fresh) - set(saved))
     only_saved = sorted(set(saved) - set(fresh))
+    # LoRA factors of a run, restored into a model without them: merged into their kernels.
+    merge = [p for p in only_saved if p.endswith(("/lora_a", "/lora_b"))]
+    merge = merge if source.lora_scale is not None else []
+    only_saved = [p for p in only_saved if p not in merge]
     missing = [p for p in only_fresh if not any(r.search(p) for r in keep_fresh)]
     unused = [p for p in only_saved if not any(r.search(p) for r in skip)]
     if mismatched or missing or unused:
@@ -145,9 +154,14 @@ def restore_trunk(
         lines.append("Build the model with the checkpoint's trunk options (see init.checkpoint).")
         raise ConfigError("\n".join(lines))
     loaded = sorted(set(fresh) & set(saved))
-    like = _nest({p: saved[p] for p in loaded})
+    like = _nest({p: saved[p] for p in loaded + merge})
     values = _flat(checkpoint.read_subtree(source.params_path, source.select, like))
+    for path in merge:
+        if path.endswith("/lora_a"):
+            layer = path.removesuffix("/lora_a")
+            a, b = values[f"{layer}/lora_a"], values[f"{layer}/lora_b"]
+            values[f"{layer}/kernel"] = values[f"{layer}/kernel"] + source.lora_scale * (a @ b)
     cast = {p: jax.numpy.asarray(values[p], fresh[p].dtype) for p in loaded}
     nnx.replace_by_pure_dict(state, _nest({p: cast.get(p, v) for p, v in fresh.items()}))
     nnx.update(trunk, state)
-    return {"loaded": loaded, "fresh": only_fresh, "skipped": only_saved}
+    return {"loaded": loaded, "fresh": only_fresh, "skipped": only_saved, "merged": merge}
