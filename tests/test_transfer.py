@@ -235,6 +235,17 @@ def test_gated_group_keeps_still_state_and_clip_ignores_inactive():
     np.testing.assert_allclose(np.linalg.norm(np.concatenate([out["a"], out["b"]])), 1.0, rtol=1e-5)
 
 
+def test_frozen_groups_cost_no_gradient_flops():
+    """XLA drops the backward work that only fed frozen parameters."""
+    flops = {}
+    for strategy in ("full", "lora", "feature_extraction"):
+        _, state, step = setup(strategy)
+        cost = step.lower(state, text_batch()).compile().cost_analysis()
+        flops[strategy] = (cost[0] if isinstance(cost, list) else cost)["flops"]
+    assert flops["feature_extraction"] < flops["full"] / 3, flops
+    assert flops["lora"] < 2 * flops["full"] / 3, flops
+
+
 def test_rules_must_cover_every_parameter():
     with pytest.raises(ConfigError, match=r"No rule matches .* trunk/layers/0"):
         partition.label_params({"trunk": {"layers": {0: {"w": jnp.ones(2)}}}}, [("^heads/", "h")])
