@@ -16,6 +16,7 @@ import ml_collections
 
 from mtl import optim
 from mtl.data.senteval_tfds import TASKS
+from mtl.errors import unknown_name
 from mtl.models import default_config as model_config
 from mtl.transfer import restore, strategies
 from mtl.weighting import default_config as weighting_config
@@ -23,6 +24,9 @@ from mtl.weighting import default_config as weighting_config
 
 def get_config(tasks: str = "mr") -> ml_collections.ConfigDict:
     chosen = tasks.split(",") if tasks else ["mr"]
+    for name in chosen:
+        if name not in TASKS:
+            raise unknown_name("SentEval task in the config argument", name, TASKS)
     config = ml_collections.ConfigDict()
     config.trainer = "finetune"
     config.seed = 0
@@ -61,7 +65,7 @@ def get_config(tasks: str = "mr") -> ml_collections.ConfigDict:
     for name in chosen:
         config.tasks[name] = dict(
             head="classification",
-            num_outputs=len(TASKS[name].labels) if name in TASKS else 0,
+            num_outputs=len(TASKS[name].labels),
             label=name,
         )
 

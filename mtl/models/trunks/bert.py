@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -249,11 +248,8 @@ def _check_options(input_shape, hidden_size, num_heads, hidden_act, pooling, max
         )
 
 
-def architecture(options: Mapping[str, Any]) -> dict[str, Any]:
-    """The options of `options` that fix parameter shapes (what a checkpoint must agree on)."""
-    return {k: options[k] for k in ARCHITECTURE if k in options}
-
-
+# Options that pretrained weights depend on: a checkpoint and the config must agree on them
+# (dropout and pooling are choices of the run).
 ARCHITECTURE = (
     "vocab_size",
     "hidden_size",
