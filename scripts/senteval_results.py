@@ -45,6 +45,7 @@ _LR_LORA = flags.DEFINE_float("lr_lora", 1e-3, "Peak learning rate with LoRA.")
 _RANK = flags.DEFINE_integer("lora_rank", 8, "LoRA rank.")
 _ALPHA = flags.DEFINE_float("lora_alpha", 16.0, "LoRA alpha (the update is scaled by alpha/rank).")
 _README = flags.DEFINE_string("readme", None, "README to write the results into (markers).")
+_RUN = flags.DEFINE_bool("run", True, "Run what is missing; with --norun only render what exists.")
 
 BEGIN, END = "<!-- senteval-results:begin -->", "<!-- senteval-results:end -->"
 
@@ -83,13 +84,15 @@ def config_for(tasks: list[str], strategy: str, checkpoint: str):
     return config
 
 
-def finetune_run(name: str, tasks: list[str], strategy: str, checkpoint: str) -> dict:
+def finetune_run(name: str, tasks: list[str], strategy: str, checkpoint: str) -> dict | None:
     """Results of one fine-tuning run: {"test": {task: {...}}, "info": finetune.json}."""
     from mtl.train import finetune
 
     workdir = os.path.join(_ROOT.value, "runs", name)
     results, info = os.path.join(workdir, "results.json"), os.path.join(workdir, "finetune.json")
     if not (os.path.isfile(results) and os.path.isfile(info)):
+        if not _RUN.value:
+            return None
         logging.info("Run %s: %s on %s.", name, strategy, ", ".join(tasks))
         finetune.train_and_evaluate(config_for(tasks, strategy, checkpoint), workdir)
         shutil.rmtree(os.path.join(workdir, "checkpoints"), ignore_errors=True)  # 270 MB each
@@ -104,8 +107,8 @@ def probe_run(checkpoint: str) -> dict:
     if os.path.isfile(path):
         with open(path) as f:
             out = json.load(f)
-    if all(task in out for task in _TASKS.value):
-        return {task: out[task] for task in _TASKS.value}
+    if all(task in out for task in _TASKS.value) or not _RUN.value:
+        return {task: out[task] for task in _TASKS.value if task in out}
     from flax import nnx
 
     from mtl.data import sources
@@ -150,6 +153,12 @@ def significant(delta: float, accuracy: float, count: float) -> bool:
     return abs(delta) > 2 * math.sqrt(2 * accuracy * (1 - accuracy) / max(count, 1))
 
 
+def span(values) -> str:
+    """`a–b per task`, or `a per task` when all are equal."""
+    low, high = min(values), max(values)
+    return f"{low:,} per task" if low == high else f"{low:,}–{high:,} per task"
+
+
 def render(tasks, probe, full, lora, mtl, pairs) -> str:
     lines = ["| method | " + " | ".join(tasks) + " | mean | trainable params | wall time |"]
     lines.append("|" + " --- |" * (len(tasks) + 4))
@@ -167,8 +176,7 @@ def render(tasks, probe, full, lora, mtl, pairs) -> str:
         row(
             "frozen features + linear head",
             {t: v["accuracy"] for t, v in probe.items()},
-            f"{min(v['trainable_params'] for v in probe.values()):,}–"
-            f"{max(v['trainable_params'] for v in probe.values()):,} per task",
+            span([v["trainable_params"] for v in probe.values()]),
             f"{sum(v['seconds'] for v in probe.values()):.0f} s",
         )
     for name, runs in (("full fine-tuning", full), (f"LoRA (r={_RANK.value})", lora)):
@@ -176,8 +184,7 @@ def render(tasks, probe, full, lora, mtl, pairs) -> str:
             row(
                 name,
                 {t: r["test"][t]["accuracy"] for t, r in runs.items()},
-                f"{min(r['info']['trainable_params'] for r in runs.values()):,}–"
-                f"{max(r['info']['trainable_params'] for r in runs.values()):,} per task",
+                span([r["info"]["trainable_params"] for r in runs.values()]),
                 f"{sum(r['info']['total_seconds'] for r in runs.values()):.0f} s",
             )
     if mtl:
@@ -248,21 +255,17 @@ def main(argv):
     checkpoint = converted(_ROOT.value)
     tasks, parts = list(_TASKS.value), set(_PARTS.value)
     probe = probe_run(checkpoint) if "probe" in parts else {}
-    full = (
-        {t: finetune_run(f"full_{t}", [t], "full", checkpoint) for t in tasks}
-        if "full" in parts
-        else {}
-    )
-    lora = (
-        {t: finetune_run(f"lora_{t}", [t], "lora", checkpoint) for t in tasks}
-        if "lora" in parts
-        else {}
-    )
+    full, lora, pairs = {}, {}, {}
+    for strategy, runs in (("full", full), ("lora", lora)):
+        if strategy in parts:
+            for t in tasks:
+                runs[t] = finetune_run(f"{strategy}_{t}", [t], strategy, checkpoint)
     mtl = finetune_run("mtl_all", tasks, "full", checkpoint) if "mtl" in parts else None
-    pairs = {}
     if "pairs" in parts:
         for a, b in itertools.combinations(sorted(tasks), 2):
             pairs[(a, b)] = finetune_run(f"pair_{a}+{b}", [a, b], "full", checkpoint)
+    # With --norun, runs not done yet are None: left out (their cells show "–").
+    full, lora, pairs = ({k: v for k, v in d.items() if v} for d in (full, lora, pairs))
     markdown = (
         render(tasks, probe, full, lora, mtl, pairs) + "\n\n" + budgets(_STEPS.value * len(tasks))
     )

@@ -166,7 +166,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     try:
         while step < config.num_steps:
             index = arrays.batch_indices(config.seed, step, n_train, config.batch_size)
-            batch = prepare(arrays.take(data.train, index[train_rows]))
+            # Trim the global batch, then take this process's rows: all processes agree on
+            # the width.
+            batch = prepare(arrays.take(data.train, index))
+            batch = jax.tree_util.tree_map(lambda a: a[train_rows], batch)
             state, metrics = train_step(state, parallel.to_global(batch, data_sharding))
             step += 1
             stop = preemption.stop_requested()
