@@ -38,6 +38,9 @@ class Steps(NamedTuple):
     init: Any  # () -> state
     train_step: Any  # (state, batch) -> (state, metrics)
     eval_step: Any  # (state, batch) -> {task: {metric: sum, "count": n}}
+    # (params, model_state, batch, train) -> TaskObjective: for steps that wrap these
+    # (task affinity, distillation) and need the same split of the model.
+    objective: Any = None
 
 
 def make_steps(
@@ -139,4 +142,4 @@ def make_steps(
             for t in tasks
         }
 
-    return Steps(init, train_step, eval_step)
+    return Steps(init, train_step, eval_step, objective)
