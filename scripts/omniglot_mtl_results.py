@@ -30,6 +30,8 @@ _METHODS = flags.DEFINE_list(
     "methods", ["equal", "uncertainty", "dwa", "rlw", "gradnorm", "famo"], "Weightings."
 )
 _OUT = flags.DEFINE_string("out", None, "Also write the markdown table to this file.")
+_FILTERS = flags.DEFINE_integer("filters", None, "conv4 filters (the config's when unset).")
+_BATCH = flags.DEFINE_integer("batch_size", None, "Global batch (the config's when unset).")
 
 
 def run(name: str, alphabets: str = "", weighting: str = "equal") -> dict:
@@ -44,6 +46,10 @@ def run(name: str, alphabets: str = "", weighting: str = "equal") -> dict:
     config.data.data_dir = _DATA_DIR.value
     config.data.tfds_dir = _TFDS_DIR.value
     config.weighting.name = weighting
+    if _FILTERS.value:
+        config.model.conv4.filters = _FILTERS.value
+    if _BATCH.value:
+        config.batch_size = _BATCH.value
     start = time.time()
     multitask.train_and_evaluate(config, workdir)
     with open(results_path) as f:
