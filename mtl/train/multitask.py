@@ -15,6 +15,7 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 from absl import logging
 
 from mtl import checkpoint, optim, parallel, preemption
@@ -184,7 +185,7 @@ def final_params(workdir: str) -> Any:
     """The parameters of the newest checkpoint in `workdir` (host arrays), for inspection."""
     manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"), every=1, keep=1)
     try:
-        restored = manager.restore(manager.latest_step())
+        restored = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore())
     finally:
         manager.close()
     return jax.tree_util.tree_map(np.asarray, restored["params"])
