@@ -150,3 +150,25 @@ def test_rotation_task_labels():
     np.testing.assert_array_equal(rotate(images, np.full(5, 2))[0], images[0, ::-1, ::-1])
     with pytest.raises(DataError, match="square images"):
         add_rotation_task({**data, "inputs": rng.random((5, 6, 4, 1))})
+
+
+def test_fit_and_accuracy_on_a_separable_toy():
+    from mtl.train.transfer import accuracy, fit
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 4)).astype(np.float32)
+    y = (x[:, 0] + x[:, 1] > 0).astype(np.int32)
+    params = {"w": jnp.zeros((4, 2)), "b": jnp.zeros(2)}
+
+    def loss(p, s, batch, i):
+        logits = batch["inputs"] @ p["w"] + p["b"]
+        return jnp.mean(-jax.nn.log_softmax(logits)[jnp.arange(len(logits)), batch["labels"]]), s
+
+    data = {"inputs": x, "labels": y}
+    trained, _, losses = fit(
+        loss, params, {}, data, num_steps=150, batch_size=20, learning_rate=0.05
+    )
+    assert losses[-1] < 0.5 * losses[0]
+    assert accuracy(lambda v: v @ trained["w"] + trained["b"], x, y, batch_size=64) > 0.95
+    again, _, _ = fit(loss, params, {}, data, num_steps=150, batch_size=20, learning_rate=0.05)
+    jax.tree.map(np.testing.assert_array_equal, trained, again)  # batches depend on (seed, step)
