@@ -42,6 +42,10 @@ _TASK_A = flags.DEFINE_string("task_a", "Japanese_(katakana)", "First alphabet (
 _TASK_B = flags.DEFINE_string("task_b", "Sanskrit", "Second alphabet (EWC, PNN).")
 _EWC = flags.DEFINE_list("ewc_strengths", ["0", "100", "1000", "10000"], "EWC lambdas.")
 _ONLY = flags.DEFINE_list("only", ["ewc", "progressive", "dann", "distill"], "Experiments.")
+_TARGET = flags.DEFINE_enum(
+    "dann_target", "negative", ["negative", "noisy", "shifted"], "DANN's target domain."
+)
+_DANN_TRUNK = flags.DEFINE_enum("dann_trunk", "conv4", ["conv4", "mlp"], "DANN's trunk.")
 _OUT = flags.DEFINE_string("out", None, "Also write the markdown tables to this file.")
 _JSON = flags.DEFINE_string("json", None, "Also write the raw numbers to this file.")
 
@@ -188,33 +192,51 @@ def run_progressive(images) -> dict:
 # --- DANN -------------------------------------------------------------------------------------
 
 
+TARGETS = {
+    "negative": "negatives (1 - x)",
+    "noisy": "low contrast with noise (0.3 + 0.4 x + N(0, 0.2))",
+    "shifted": "shifted 4 pixels right and down",
+}
+
+
+def to_target(data: dict, seed: int) -> dict:
+    """The target domain of the DANN experiment: the same images, transformed."""
+    x = data["inputs"]
+    if _TARGET.value == "negative":
+        x = 1.0 - x
+    elif _TARGET.value == "noisy":
+        noise = np.random.default_rng(seed).normal(0.0, 0.2, x.shape).astype(x.dtype)
+        x = 0.3 + 0.4 * x + noise
+    else:
+        x = np.roll(x, (4, 4), axis=(1, 2))
+    return {**data, "inputs": x}
+
+
 def run_dann(images) -> dict:
     source_train, source_test = split(images, np.ones(len(images), bool), images.alphabet)
-    negative = lambda d: {**d, "inputs": 1.0 - d["inputs"]}  # noqa: E731
-    target_train, target_test = negative(source_train), negative(source_test)
+    target_train, target_test = to_target(source_train, 1), to_target(source_test, 2)
     num = len(images.alphabets)
     fit_kw = dict(num_steps=_STEPS.value, batch_size=_BATCH.value)
-    pure, params, state = mlp_model(
-        {"alphabet": dict(num_outputs=num), "domain": dict(num_outputs=1, head_hidden=(64,))},
-        source_train["inputs"].shape[1:],
-    )
-    model = pure.merge(params, state)
-    trunk_pure, trunk_params, _ = PureModule.split(model.trunk)
+    config = model_defaults()
+    config.trunk = _DANN_TRUNK.value
+    config.conv4.filters = 32
+    config.mlp.hidden = HIDDEN
+    tasks = {"alphabet": dict(num_outputs=num), "domain": dict(num_outputs=1, head_hidden=(64,))}
+    model = build_model(config, tasks_from_config(tasks), source_train["inputs"].shape[1:], 0)
+    trunk_pure, trunk_params, trunk_state = PureModule.split(model.trunk)
     cls_pure, cls_params, _ = PureModule.split(model.heads["alphabet"])
     dom_pure, dom_params, _ = PureModule.split(model.heads["domain"])
     start = {"trunk": trunk_params, "alphabet": cls_params, "domain": dom_params}
 
-    def features(p, x):
-        return trunk_pure.apply(p["trunk"], {}, x, train=True)[0]
-
-    def classify(p, x):
-        return cls_pure.apply(p["alphabet"], {}, features(p, x))[0]
+    def classify(p, s, x):
+        z, _ = trunk_pure.apply(p["trunk"], s, x, train=False)
+        return cls_pure.apply(p["alphabet"], {}, z)[0]
 
     # Source and target examples side by side: a batch is half of each.
     paired = {
         "inputs": source_train["inputs"],
         "labels": source_train["labels"],
-        # Shuffled, so a batch's target half is not the negatives of its source half.
+        # Shuffled, so a batch's target half is not its source half transformed.
         "target": target_train["inputs"][
             np.random.default_rng(0).permutation(len(target_train["inputs"]))
         ],
@@ -222,29 +244,30 @@ def run_dann(images) -> dict:
 
     def loss_fn(adversarial):
         def loss(p, s, batch, i):
-            value = cross_entropy(classify(p, batch["inputs"]), batch["labels"])
-            if adversarial:
-                z = jnp.concatenate([features(p, batch["inputs"]), features(p, batch["target"])])
-                scale = dann.ganin_lambda(i / _STEPS.value)
-                dom = dom_pure.apply(p["domain"], {}, dann.gradient_reversal(z, scale))[0]
-                is_target = jnp.concatenate(
-                    [jnp.zeros(batch["inputs"].shape[0]), jnp.ones(batch["target"].shape[0])]
-                )
-                value = value + dann.domain_loss(dom, is_target)
-            return value, s
+            n = batch["inputs"].shape[0]
+            if not adversarial:
+                z, s = trunk_pure.apply(p["trunk"], s, batch["inputs"], train=True)
+                logits = cls_pure.apply(p["alphabet"], {}, z)[0]
+                return cross_entropy(logits, batch["labels"]), s
+            # One trunk pass over source and target (as Ganin et al.; batch norm sees both).
+            x = jnp.concatenate([batch["inputs"], batch["target"]])
+            z, s = trunk_pure.apply(p["trunk"], s, x, train=True)
+            logits = cls_pure.apply(p["alphabet"], {}, z[:n])[0]
+            scale = dann.ganin_lambda(i / _STEPS.value)
+            dom = dom_pure.apply(p["domain"], {}, dann.gradient_reversal(z, scale))[0]
+            is_target = jnp.concatenate([jnp.zeros(n), jnp.ones(n)])
+            return cross_entropy(logits, batch["labels"]) + dann.domain_loss(dom, is_target), s
 
         return loss
 
     results = {}
     for name, adversarial in (("source_only", False), ("dann", True)):
-        trained, _, _ = fit(loss_fn(adversarial), start, {}, paired, **fit_kw)
+        p, s, _ = fit(loss_fn(adversarial), start, trunk_state, paired, **fit_kw)
         results[name] = {
-            "source_test": accuracy(
-                lambda x, p=trained: classify(p, x), source_test["inputs"], source_test["labels"]
-            ),
-            "target_test": accuracy(
-                lambda x, p=trained: classify(p, x), target_test["inputs"], target_test["labels"]
-            ),
+            split_name: accuracy(
+                lambda x, p=p, s=s: classify(p, s, x), data["inputs"], data["labels"]
+            )
+            for split_name, data in (("source_test", source_test), ("target_test", target_test))
         }
     return results
 
@@ -345,9 +368,10 @@ def tables(results: dict) -> str:
     if "dann" in results:
         d = results["dann"]
         out += [
-            "DANN: 8-way alphabet classification; source = images, target = negatives "
-            f"(1 - x), unlabelled; MLP {HIDDEN}, domain head 64 hidden, GRL with Ganin's "
-            f"schedule; {budget}.",
+            "DANN: 8-way alphabet classification; source = images, target = "
+            f"{TARGETS[_TARGET.value]}, unlabelled; trunk {_DANN_TRUNK.value}, "
+            "domain head 64 hidden, "
+            f"GRL with Ganin's schedule; {budget}.",
             "",
             "| training | source test acc. | target test acc. |",
             "| --- | --- | --- |",
