@@ -172,3 +172,51 @@ def test_fit_and_accuracy_on_a_separable_toy():
     assert accuracy(lambda v: v @ trained["w"] + trained["b"], x, y, batch_size=64) > 0.95
     again, _, _ = fit(loss, params, {}, data, num_steps=150, batch_size=20, learning_rate=0.05)
     jax.tree.map(np.testing.assert_array_equal, trained, again)  # batches depend on (seed, step)
+
+
+def test_distill_step_trains_the_student_on_the_teacher_outputs():
+    import optax
+
+    from mtl.models import build_model, default_config
+    from mtl.models.functional import PureModule
+    from mtl.train import distill as distill_trainer
+    from mtl.train.multitask_step import make_steps
+    from tests.helpers import sum_of_losses, toy_batch
+
+    tasks = tasks_from_config(
+        {"a": dict(head="classification", num_outputs=4), "b": dict(num_outputs=3)}
+    )
+    config = default_config()
+    config.conv4.filters = 4
+    teacher = build_model(config, tasks, (8, 8, 1), seed=1)
+    t_trunk, t_params, t_state = PureModule.split(teacher.trunk)
+    t_heads = {n: PureModule.split(h) for n, h in teacher.heads.items()}
+
+    def apply(variables, x):
+        z, _ = t_trunk.apply(variables["trunk"], t_state, x, train=False)
+        return {n: t_heads[n][0].apply(variables["heads"][n], {}, z)[0] for n in ("a", "b")}
+
+    variables = {"trunk": t_params, "heads": {n: t_heads[n][1] for n in ("a", "b")}}
+    config.trunk = "mlp"
+    config.mlp.hidden = (16,)
+    student = build_model(config, tasks, (8, 8, 1), seed=2)
+    loss_fn = distill_trainer.distill_loss_fn(temperature=3.0, alpha=0.6)
+    steps = make_steps(student, tasks, optax.sgd(0.1), sum_of_losses(), 0, loss_fn)
+    wrapped = distill_trainer.with_teacher(steps, apply, variables)
+    state = wrapped.init()
+    batch = jax.tree.map(jnp.asarray, toy_batch(16))
+    s_trunk, s_params, s_state = PureModule.split(student.trunk)
+    z, _ = s_trunk.apply(s_params, s_state, batch["inputs"], train=True)
+    teacher_out = apply(variables, batch["inputs"])
+    new_state, metrics = jax.jit(wrapped.train_step)(state, batch)
+    for t in tasks:
+        head, head_params, _ = PureModule.split(student.heads[t.name])
+        out = head.apply(head_params, {}, z)[0]
+        expected = distill.distillation_loss(
+            t, out, teacher_out[t.name], batch["labels"][t.name], batch["masks"][t.name], 3.0, 0.6
+        )
+        np.testing.assert_allclose(metrics[f"loss/{t.name}"], expected, rtol=1e-5)
+    # The teacher is carried unchanged; evaluation reads the student only.
+    jax.tree.map(np.testing.assert_array_equal, new_state["teacher"], variables)
+    sums = wrapped.eval_step(new_state, batch)
+    assert set(sums) == {"a", "b"}
