@@ -106,3 +106,38 @@ def test_affinity_run_writes_the_report(tmp_path, omniglot_images, omniglot_dir,
     assert z.shape == (3, 3) and np.all(np.isfinite(z))
     assert np.all(np.diag(z) > 0)
     assert (tmp_path / "affinity" / "affinity.png").exists()
+
+
+def test_distill_run_reads_a_teacher_workdir(
+    tmp_path, omniglot_images, omniglot_dir, omniglot_tfds_dir
+):
+    """A tiny conv4 teacher run, then an MLP student distilled from its workdir."""
+    from configs import omniglot_distill, omniglot_mtl
+    from mtl.errors import ConfigError
+    from mtl.train import distill as distill_trainer
+    from mtl.train import multitask
+
+    common = {
+        "num_steps": 4,
+        "batch_size": 16,
+        "eval_batch_size": 256,
+        "log_every": 2,
+        "data.data_dir": omniglot_dir,
+        "data.tfds_dir": omniglot_tfds_dir,
+    }
+    teacher = omniglot_mtl.get_config("Greek,Latin")
+    teacher.update_from_flattened_dict({**common, "model.conv4.filters": 4})
+    multitask.train_and_evaluate(teacher, str(tmp_path / "teacher"))
+
+    student = omniglot_distill.get_config("Greek,Latin")
+    student.update_from_flattened_dict({**common, "model.mlp.hidden": (8,)})
+    with pytest.raises(ConfigError, match="needs --config.teacher.workdir"):
+        distill_trainer.train_and_evaluate(student, str(tmp_path / "student"))
+    student.teacher.workdir = str(tmp_path / "teacher")
+    results = distill_trainer.train_and_evaluate(student, str(tmp_path / "student"))
+    assert set(results) == {"Greek", "Latin"}
+    assert all(0.0 <= r["accuracy"] <= 1.0 for r in results.values())
+    wrong = omniglot_distill.get_config("Greek,Korean")
+    wrong.update_from_flattened_dict({**common, "teacher.workdir": str(tmp_path / "teacher")})
+    with pytest.raises(ConfigError, match="has no task"):
+        distill_trainer.train_and_evaluate(wrong, str(tmp_path / "wrong"))
