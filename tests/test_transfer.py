@@ -220,3 +220,24 @@ def test_distill_step_trains_the_student_on_the_teacher_outputs():
     jax.tree.map(np.testing.assert_array_equal, new_state["teacher"], variables)
     sums = wrapped.eval_step(new_state, batch)
     assert set(sums) == {"a", "b"}
+
+
+def test_with_ewc_adds_the_penalty_gradient_to_any_method():
+    from mtl.weighting import get_weighting
+    from tests.test_weighting import RNG, make_objective, make_problem
+
+    params, data = make_problem()
+    anchor = jax.tree.map(lambda p: p + 0.3, params["shared"])
+    fisher = jax.tree.map(lambda p: jnp.full_like(p, 2.0), params["shared"])
+    for name in ("equal", "pcgrad"):
+        method = get_weighting(name)
+        plain, _ = method.update(make_objective(params, data), method.init(3), RNG)
+        wrapped = ewc.with_ewc(method, anchor, fisher, strength=5.0)
+        out, _ = wrapped.update(make_objective(params, data), wrapped.init(3), RNG)
+        # d/dtheta of 5/2 * 2 * (theta - anchor)^2 = 10 * (theta - anchor) = -3.
+        jax.tree.map(
+            lambda a, b: np.testing.assert_allclose(a, b - 3.0, rtol=1e-5, atol=1e-5),
+            out.shared_grads,
+            plain.shared_grads,
+        )
+        jax.tree.map(np.testing.assert_array_equal, out.task_grads, plain.task_grads)

@@ -61,3 +61,21 @@ def ewc_penalty(params: PyTree, anchor: PyTree, fisher: PyTree, strength: float)
     """`strength / 2 * sum_i F_i (theta_i - anchor_i)^2` over the leaves of `fisher`."""
     terms = jax.tree.map(lambda p, a, f: jnp.sum(f * jnp.square(p - a)), params, anchor, fisher)
     return 0.5 * strength * sum(jax.tree_util.tree_leaves(terms))
+
+
+def with_ewc(weighting, anchor: PyTree, fisher: PyTree, strength: float):
+    """Any multi-task `Weighting` plus the EWC penalty on the shared parameters.
+
+    The penalty's gradient `strength * F * (theta - anchor)` is added to the method's shared
+    gradient, so EWC composes with every method of `mtl.weighting` in a multi-task run whose
+    trunk was trained on earlier tasks (`anchor`, `fisher`: pytrees like the trunk params).
+    """
+    from mtl.weighting.base import Weighting
+
+    def update(objective, state, rng):
+        out, state = weighting.update(objective, state, rng)
+        penalty = jax.grad(ewc_penalty)(objective.shared, anchor, fisher, strength)
+        shared = jax.tree.map(lambda g, p: g + p.astype(g.dtype), out.shared_grads, penalty)
+        return out._replace(shared_grads=shared), state
+
+    return Weighting(weighting.init, update, weighting.after_update)
