@@ -141,3 +141,43 @@ def test_distill_run_reads_a_teacher_workdir(
     wrong.update_from_flattened_dict({**common, "teacher.workdir": str(tmp_path / "teacher")})
     with pytest.raises(ConfigError, match="has no task"):
         distill_trainer.train_and_evaluate(wrong, str(tmp_path / "wrong"))
+
+
+def test_sequential_run_with_ewc(tmp_path, omniglot_images, omniglot_dir, omniglot_tfds_dir):
+    """Two phases; the second starts from the first's trunk and keeps its head for the end."""
+    from configs import omniglot_sequential
+    from mtl.errors import ConfigError
+    from mtl.train import multitask, sequential
+
+    config = omniglot_sequential.get_config("Greek,Latin")
+    config.update_from_flattened_dict(
+        {
+            "num_steps": 3,
+            "batch_size": 16,
+            "eval_batch_size": 256,
+            "log_every": 3,
+            "model.mlp.hidden": (8,),
+            "sequential.ewc_strength": 10.0,
+            "data.data_dir": omniglot_dir,
+            "data.tfds_dir": omniglot_tfds_dir,
+        }
+    )
+    final = sequential.train_and_evaluate(config, str(tmp_path))
+    assert set(final) == {"Greek", "Latin"}
+    report = json.loads((tmp_path / "results.json").read_text())
+    assert report["phases"] == [["Greek"], ["Latin"]]
+    # The second phase started from the first phase's trunk, and the final Latin accuracy is
+    # the second phase's own (same trunk, same head).
+    first = multitask.final_state(str(tmp_path / "phase0"))["params"]
+    assert final["Latin"]["accuracy"] == pytest.approx(
+        report["after_phase"][1]["Latin"]["accuracy"]
+    )
+    assert "Greek" in first["heads"]
+    second = multitask.final_state(str(tmp_path / "phase1"))["params"]
+    # 3 Adam steps of lr 1e-3 move a parameter by at most ~3e-3: the trunk was carried over.
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, atol=5e-3), first["trunk"], second["trunk"]
+    )
+    config.sequential.phases = ("Greek",)
+    with pytest.raises(ConfigError, match="at least two"):
+        sequential.train_and_evaluate(config, str(tmp_path / "bad"))

@@ -12,6 +12,7 @@ TRAINERS: dict[str, str] = {
     "multitask": "mtl.train.multitask:train_and_evaluate",
     "affinity": "mtl.train.affinity:train_and_evaluate",
     "distill": "mtl.train.distill:train_and_evaluate",
+    "sequential": "mtl.train.sequential:train_and_evaluate",
 }
 
 
