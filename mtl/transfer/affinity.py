@@ -92,7 +92,10 @@ def save_heatmap(affinity: np.ndarray, names: Sequence[str], path: str, title: s
     import matplotlib.pyplot as plt
 
     num = len(names)
-    limit = float(np.max(np.abs(affinity))) or 1.0
+    # The diagonal (a step on a task helps that task) dwarfs the transfer between tasks: scale
+    # the colours to the off-diagonal entries and let the diagonal saturate.
+    off = affinity[~np.eye(num, dtype=bool)] if num > 1 else affinity.ravel()
+    limit = float(np.max(np.abs(off))) or 1.0
     fig, ax = plt.subplots(figsize=(1.0 + 0.75 * num, 0.8 + 0.7 * num))
     image = ax.imshow(affinity, cmap="RdBu", vmin=-limit, vmax=limit)
     ax.set_xticks(range(num), names, rotation=45, ha="right")
@@ -101,7 +104,7 @@ def save_heatmap(affinity: np.ndarray, names: Sequence[str], path: str, title: s
     ax.set_ylabel("task i (step taken)")
     for i, j in itertools.product(range(num), range(num)):
         ax.text(j, i, f"{1e3 * affinity[i, j]:.1f}", ha="center", va="center", fontsize=7)
-    ax.set_title(title or "lookahead affinity Z[i, j] (x 1e-3)")
+    ax.set_title(title or "lookahead affinity Z[i, j] (x 1e-3; colours: off-diagonal range)")
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
