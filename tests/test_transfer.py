@@ -187,7 +187,8 @@ def test_distill_step_trains_the_student_on_the_teacher_outputs():
         {"a": dict(head="classification", num_outputs=4), "b": dict(num_outputs=3)}
     )
     config = default_config()
-    config.conv4.filters = 4
+    config.trunk = "mlp"  # a wide teacher, a narrow student (the e2e test uses conv4 -> MLP)
+    config.mlp.hidden = (32, 32)
     teacher = build_model(config, tasks, (8, 8, 1), seed=1)
     t_trunk, t_params, t_state = PureModule.split(teacher.trunk)
     t_heads = {n: PureModule.split(h) for n, h in teacher.heads.items()}
