@@ -1,275 +1,244 @@
-"""Fine-tuning strategies on a tiny BERT: what trains, how fast, from when; LoRA; opt. state."""
+"""Distillation, EWC, gradient reversal, progressive columns and the rotation task, by hand."""
+
+from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
-from flax import nnx
 
-from mtl import optim
-from mtl.errors import ConfigError
-from mtl.models import build_model
+from mtl.data.rotation import add_rotation_task, rotate
+from mtl.errors import ConfigError, DataError
 from mtl.tasks import tasks_from_config
-from mtl.train.multitask_step import make_steps
-from mtl.transfer import lora, partition, strategies
-from tests.conftest import TINY_BERT
-from tests.helpers import sum_of_losses
-
-NUM_LAYERS = TINY_BERT["num_layers"]
-LR = 1e-2
+from mtl.transfer import dann, distill, ewc, progressive
 
 
-def tiny_model(pooling="mean", seed=0):
-    tasks = tasks_from_config(
-        {"a": dict(num_outputs=2), "b": dict(num_outputs=3)}  # two heads, as in multi-task
+def np_log_softmax(x):
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def test_distillation_loss_matches_the_formula():
+    rng = np.random.default_rng(0)
+    student, teacher = rng.normal(size=(6, 5)), rng.normal(size=(6, 5)) * 3
+    labels = rng.integers(0, 5, 6)
+    mask = np.array([1, 1, 0, 1, 1, 1], bool)
+    temp, alpha = 4.0, 0.7
+    (task,) = tasks_from_config({"t": dict(head="classification", num_outputs=5)})
+    got = distill.distillation_loss(
+        task, jnp.asarray(student), jnp.asarray(teacher), labels, mask, temp, alpha
     )
-    options = TINY_BERT | dict(pooling=pooling, dropout=0.0, attention_dropout=0.0)
-    shape = {"input_ids": (16,), "attention_mask": (16,), "token_type_ids": (16,)}
-    model = build_model({"trunk": "bert", "bert": options}, tasks, shape, seed)
-    return model, tasks
+    p_t = np.exp(np_log_softmax(teacher / temp))
+    kl = (p_t * (np_log_softmax(teacher / temp) - np_log_softmax(student / temp))).sum(-1)
+    ce = -np_log_softmax(student)[np.arange(6), labels]
+    expected = alpha * temp**2 * kl[mask].mean() + (1 - alpha) * ce[mask].mean()
+    assert float(got) == pytest.approx(expected, rel=1e-5)
+    # No gradient flows into the teacher; the soft term vanishes when the student copies it.
+    g = jax.grad(
+        lambda t: distill.distillation_loss(task, jnp.asarray(student), t, labels, mask, temp, 1)
+    )(jnp.asarray(teacher))
+    assert np.all(np.asarray(g) == 0)
+    same = distill.soft_cross_entropy(jnp.asarray(teacher), jnp.asarray(teacher), temp)
+    np.testing.assert_allclose(same, 0.0, atol=1e-5)
+    with pytest.raises(ConfigError, match="alpha must be in"):
+        distill.check_options(2.0, 1.5)
 
 
-def text_batch(n=8, length=16, seed=0):
-    rng = np.random.default_rng(seed)
-    lengths = rng.integers(3, length + 1, n)
-    mask = (np.arange(length)[None] < lengths[:, None]).astype(np.int32)
-    ids = rng.integers(1000, 30000, (n, length)).astype(np.int32) * mask
-    return {
-        "inputs": {"input_ids": ids, "attention_mask": mask, "token_type_ids": 0 * ids},
-        "labels": {"a": rng.integers(0, 2, n).astype(np.int32), "b": rng.integers(0, 3, n)},
-        "masks": {"a": rng.random(n) < 0.7, "b": rng.random(n) < 0.7},
-    }
-
-
-def finetune_config(strategy, **options):
-    config = strategies.default_config()
-    config.strategy = strategy
-    for key, value in options.items():
-        if isinstance(value, dict):
-            config[key].update(value)
-        else:
-            config[key] = value
-    return config
-
-
-def optimizer_config(name="adam", schedule="constant"):
-    config = optim.default_config()
-    config.update(name=name, learning_rate=LR, schedule=schedule)
-    return config
-
-
-def params_of(model):
-    pure = lambda m: nnx.to_pure_dict(nnx.state(m, nnx.Param))
-    return {"trunk": pure(model.trunk), "heads": {k: pure(h) for k, h in model.heads.items()}}
-
-
-def setup(strategy, num_steps=20, optimizer=None, **options):
-    model, tasks = tiny_model()
-    config = finetune_config(strategy, **options)
-    strategies.check(config, num_steps)
-    strategies.prepare_model(model, config, seed=0)
-    plan = strategies.plan(config, params_of(model))
-    tx = strategies.make_optimizer(plan, optimizer or optimizer_config(), num_steps)
-    steps = make_steps(model, tasks, tx, sum_of_losses(), seed=0)
-    return plan, jax.jit(steps.init)(), jax.jit(steps.train_step)
-
-
-def flat(tree):
-    return {
-        partition.path_str(p): np.asarray(v) for p, v in jax.tree_util.tree_leaves_with_path(tree)
-    }
-
-
-def changed(before, after):
-    a, b = flat(before), flat(after)
-    return {p for p in a if not np.array_equal(a[p], b[p])}
-
-
-def opt_state_sizes(opt_state):
-    """Array leaves of the optimizer state (MaskedNode placeholders have no leaves)."""
-    return sorted(leaf.size for leaf in jax.tree_util.tree_leaves(opt_state) if leaf.ndim)
-
-
-def test_feature_extraction_freezes_trunk_without_optimizer_state():
-    plan, state, step = setup("feature_extraction")
-    new, _ = step(state, text_batch())
-    moved = changed(state["params"], new["params"])
-    assert moved and all(p.startswith("heads/") for p in moved)
-    head_sizes = sorted(v.size for p, v in flat(state["params"]).items() if p.startswith("heads/"))
-    # Adam keeps mu and nu for the heads only: nothing of the size of any trunk weight.
-    assert opt_state_sizes(new["opt_state"]) == sorted(head_sizes * 2)
-
-
-def test_full_fine_tuning_moves_everything():
-    _, state, step = setup("full")
-    new, _ = step(state, text_batch())
-    assert changed(state["params"], new["params"]) == set(flat(state["params"]))
-
-
-def test_freeze_rule_applies_under_any_strategy():
-    _, state, step = setup("full", freeze=("^trunk/embeddings/",))
-    new, _ = step(state, text_batch())
-    moved = changed(state["params"], new["params"])
-    assert not any(p.startswith("trunk/embeddings/") for p in moved)
-    assert any(p.startswith("trunk/layers/0/") for p in moved)
-
-
-def test_llrd_rates_per_layer():
-    """Adam's first step moves every weight by about lr * multiplier (|g| >> eps)."""
-    decay = 0.5
-    plan, state, step = setup("llrd", llrd=dict(decay=decay))
-    new, _ = step(state, text_batch())
-    before, after = flat(state["params"]), flat(new["params"])
-    size = {p: np.max(np.abs(after[p] - before[p])) for p in before}
-    expect = {"heads/": 1.0, "trunk/embeddings/": decay ** (NUM_LAYERS + 1)}
-    expect |= {f"trunk/layers/{i}/": decay ** (NUM_LAYERS - i) for i in range(NUM_LAYERS)}
-    for prefix, mult in expect.items():
-        moves = [v for p, v in size.items() if p.startswith(prefix) and v > 0]
-        assert moves, prefix
-        np.testing.assert_allclose(max(moves), LR * mult, rtol=1e-3, err_msg=prefix)
-    groups = strategies.summary(plan, state["params"])["groups"]
-    assert groups["layer_0"]["lr_mult"] == decay**NUM_LAYERS
-
-
-def test_gradual_unfreezing_schedule():
-    every = 2
-    plan, state, step = setup("gradual_unfreezing", gradual_unfreezing=dict(every=every))
-    group_of = flat(partition.label_params(state["params"], plan.rules))
-    first_move = {}
-    for i in range(1, 4 * every + 2):
-        new, _ = step(state, text_batch(seed=i))
-        for p in changed(state["params"], new["params"]):
-            first_move.setdefault(str(group_of[p]), i)
-        state = new
-    # Step k (1-based) applies update k-1: a group that starts at s first moves at step s + 1.
-    assert first_move == {
-        "heads": 1,
-        "layer_1": every + 1,  # the top layer first
-        "layer_0": 2 * every + 1,
-        "embeddings": 3 * every + 1,
-    }
-
-
-def test_lp_ft_probes_then_fine_tunes():
-    probe = 3
-    _, state, step = setup("lp_ft", lp_ft=dict(probe_steps=probe, trunk_lr_mult=0.5))
-    for i in range(probe):
-        new, _ = step(state, text_batch(seed=i))
-        assert all(p.startswith("heads/") for p in changed(state["params"], new["params"]))
-        state = new
-    new, _ = step(state, text_batch(seed=9))
-    moved = changed(state["params"], new["params"])
-    assert any(p.startswith("trunk/layers/") for p in moved)
-    # The trunk's Adam starts at its first real step: the bias correction makes it lr * mult.
-    delta = (
-        flat(new["params"])["trunk/layers/0/intermediate/kernel"]
-        - flat(state["params"])["trunk/layers/0/intermediate/kernel"]
-    )
-    np.testing.assert_allclose(np.max(np.abs(delta)), LR * 0.5, rtol=1e-3)
-
-
-def test_lora_trains_only_factors_and_heads_and_merges():
-    plan, state, step = setup("lora", lora=dict(rank=2, alpha=4.0))
-    paths = flat(state["params"])
-    factors = {p for p in paths if p.endswith(("lora_a", "lora_b"))}
-    assert len(factors) == 2 * 6 * NUM_LAYERS  # q, k, v, attention output, intermediate, output
-    new, _ = step(state, text_batch())
-    new, _ = step(new, text_batch(seed=1))  # lora_a moves once lora_b is non-zero
-    moved = changed(state["params"], new["params"])
-    assert moved == factors | {p for p in paths if p.startswith("heads/")}
-    summary = strategies.summary(plan, state["params"])
-    assert summary["trainable"] == sum(paths[p].size for p in moved)
-    trainable_sizes = sorted(paths[p].size for p in moved)
-    assert opt_state_sizes(new["opt_state"]) == sorted(trainable_sizes * 2)
-
-
-def test_lora_merge_equals_unmerged_forward():
-    model, _ = tiny_model()
-    batch = text_batch()["inputs"]
-    before = model.trunk(batch)
-    lora.add_lora(model.trunk, rank=3, alpha=6.0, rngs=nnx.Rngs(1))
-    np.testing.assert_allclose(model.trunk(batch), before, atol=1e-6)  # lora_b starts at 0
-    for path, node in nnx.iter_graph(model.trunk):
-        if isinstance(node, lora.LoRALinear):
-            node.lora_b[...] = 0.1 * jax.random.normal(jax.random.key(len(path)), node.lora_b.shape)
-    unmerged = model.trunk(batch)
-    assert np.abs(unmerged - before).max() > 1e-2
-    params = nnx.to_pure_dict(nnx.state(model.trunk, nnx.Param))
-    merged_params = lora.merge_params(params, scale=6.0 / 3)
-    assert len(lora.merge(model.trunk)) == 6 * NUM_LAYERS
-    assert not any(isinstance(n, lora.LoRALinear) for _, n in nnx.iter_graph(model.trunk))
-    np.testing.assert_allclose(model.trunk(batch), unmerged, atol=1e-5)
-    jax.tree_util.tree_map(
-        lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
-        merged_params,
-        nnx.to_pure_dict(nnx.state(model.trunk, nnx.Param)),
-    )
-
-
-def test_gated_group_keeps_still_state_and_clip_ignores_inactive():
-    tx = partition.gated(optax.adam(1.0), start_step=2)
-    params = {"w": jnp.ones(3)}
-    state = tx.init(params)
-    for _ in range(2):
-        updates, state = tx.update({"w": jnp.ones(3)}, state, params)
-        np.testing.assert_array_equal(updates["w"], 0.0)
-    assert int(state.inner[0].count) == 0  # Adam has not counted the held steps
-    updates, state = tx.update({"w": jnp.ones(3)}, state, params)
-    np.testing.assert_allclose(updates["w"], -1.0, rtol=1e-4)  # Adam: -lr * g / (|g| + eps)
-
-    plan = strategies.Plan(
-        [("^a", "a"), ("^b", "b"), ("", "frozen")],
-        {
-            "a": strategies.Group(),
-            "b": strategies.Group(start=1),
-            "frozen": strategies.Group(frozen=True),
-        },
-    )
-    clip = strategies.clip_trainable(plan, max_norm=1.0)
-    grads = {"a": jnp.full(4, 0.25), "b": jnp.full(4, 100.0), "c": jnp.full(4, 100.0)}
-    state = clip.init(grads)
-    out, state = clip.update(grads, state)  # only `a` (norm 0.5) counts at step 0: no clipping
-    np.testing.assert_allclose(out["a"], 0.25)
-    out, state = clip.update(grads, state)  # now `b` counts too
-    np.testing.assert_allclose(np.linalg.norm(np.concatenate([out["a"], out["b"]])), 1.0, rtol=1e-5)
-
-
-def test_frozen_groups_cost_no_gradient_flops():
-    """XLA drops the backward work that only fed frozen parameters."""
-    flops = {}
-    for strategy in ("full", "lora", "feature_extraction"):
-        _, state, step = setup(strategy)
-        cost = step.lower(state, text_batch()).compile().cost_analysis()
-        flops[strategy] = (cost[0] if isinstance(cost, list) else cost)["flops"]
-    assert flops["feature_extraction"] < flops["full"] / 3, flops
-    assert flops["lora"] < 2 * flops["full"] / 3, flops
-
-
-def test_rules_must_cover_every_parameter():
-    with pytest.raises(ConfigError, match=r"No rule matches .* trunk/layers/0"):
-        partition.label_params({"trunk": {"layers": {0: {"w": jnp.ones(2)}}}}, [("^heads/", "h")])
-
-
-@pytest.mark.parametrize(
-    ("strategy", "options", "message"),
-    [
-        ("ful", {}, "Did you mean 'full'"),
-        ("llrd", {"llrd": dict(decay=1.5)}, "decay must be in"),
-        (
-            "lp_ft",
-            {"lp_ft": dict(probe_steps=20)},
-            r"probe_steps=20 must lie in \(0, num_steps=20\)",
+def test_fisher_diagonal_and_penalty_by_hand():
+    # Logistic regression with two classes: d log p(y|x) / dw = (onehot(y) - p) x^T.
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(8, 3)).astype(np.float32)
+    y = rng.integers(0, 2, 8)
+    params = {"w": jnp.asarray(rng.normal(size=(3, 2)), jnp.float32)}
+    logits_fn = lambda p, xb: xb @ p["w"]  # noqa: E731
+    batches = [(jnp.asarray(x[:4]), jnp.asarray(y[:4])), (jnp.asarray(x[4:]), jnp.asarray(y[4:]))]
+    fisher = ewc.fisher_diagonal(logits_fn, params, batches, jax.random.key(0), empirical=True)
+    p = np.exp(np_log_softmax(x @ np.asarray(params["w"])))
+    per_example = np.einsum("bi,bc->bic", x, np.eye(2)[y] - p)
+    np.testing.assert_allclose(fisher["w"], np.mean(per_example**2, 0), rtol=1e-4, atol=1e-7)
+    # True Fisher: labels sampled from the model; its expectation is sum_c p_c (e_c - p)^2 x^2.
+    true = ewc.fisher_diagonal(logits_fn, params, batches * 200, jax.random.key(1))
+    expected = np.mean(
+        sum(
+            p[:, c, None, None] * np.einsum("bi,bc->bic", x, np.eye(2)[c] - p) ** 2 for c in (0, 1)
         ),
-        ("lora", {"lora": dict(rank=0)}, "rank must be >= 1"),
-    ],
-)
-def test_strategy_config_errors(strategy, options, message):
-    with pytest.raises(ConfigError, match=message):
-        strategies.check(finetune_config(strategy, **options), num_steps=20)
+        0,
+    )
+    np.testing.assert_allclose(true["w"], expected, rtol=0.15, atol=2e-3)
+
+    anchor = {"w": params["w"] + 0.5}
+    penalty = ewc.ewc_penalty(params, anchor, fisher, strength=3.0)
+    assert float(penalty) == pytest.approx(1.5 * float(np.sum(np.asarray(fisher["w"]) * 0.25)))
+    grad = jax.grad(lambda q: ewc.ewc_penalty(q, anchor, fisher, 3.0))(params)
+    np.testing.assert_allclose(grad["w"], 3.0 * np.asarray(fisher["w"]) * -0.5, rtol=1e-5)
 
 
-def test_lora_targets_that_match_nothing():
-    model, _ = tiny_model()
-    with pytest.raises(ConfigError, match="match no linear layer.*layers/0/attention/key"):
-        lora.add_lora(model.trunk, rank=2, alpha=2.0, targets="nothing_here", rngs=nnx.Rngs(0))
+def test_gradient_reversal_flips_and_scales_gradients():
+    x = jnp.asarray([1.0, -2.0, 3.0])
+    np.testing.assert_array_equal(dann.gradient_reversal(x, 0.3), x)
+    g = jax.grad(lambda v: jnp.sum(dann.gradient_reversal(v, 0.3) * jnp.asarray([1.0, 2.0, 3.0])))(
+        x
+    )
+    np.testing.assert_allclose(g, [-0.3, -0.6, -0.9], rtol=1e-6)
+
+    # A traced scale (Ganin's schedule) under jit.
+    @jax.jit
+    def grad_at(progress):
+        scale = dann.ganin_lambda(progress)
+        return jax.grad(lambda v: jnp.sum(dann.gradient_reversal(v, scale)))(x), scale
+
+    g, scale = grad_at(0.5)
+    np.testing.assert_allclose(g, -float(scale) * np.ones(3), rtol=1e-6)
+    assert float(dann.ganin_lambda(0.0)) == 0.0 and float(dann.ganin_lambda(1.0)) > 0.99
+    loss = dann.domain_loss(jnp.asarray([[0.0], [2.0]]), jnp.asarray([0, 1]))
+    assert float(loss) == pytest.approx((np.log(2) + np.log1p(np.exp(-2.0))) / 2, rel=1e-6)
+
+
+def test_progressive_net_trains_column_two_and_leaves_column_one_bit_identical():
+    key1, key2, key3 = jax.random.split(jax.random.key(0), 3)
+    col1 = progressive.init_column(key1, (12, 16, 8), num_classes=3, num_previous=0)
+    col2 = progressive.init_column(key2, (12, 16, 8), num_classes=4, num_previous=1)
+    x = jax.random.normal(key3, (10, 12))
+    y = jnp.arange(10) % 4
+    frozen_copy = jax.tree.map(np.array, col1)
+
+    def loss(new, frozen):
+        logits = progressive.new_column_logits([frozen], new, x)
+        return jnp.mean(-jax.nn.log_softmax(logits)[jnp.arange(10), y])
+
+    grads_frozen = jax.grad(loss, argnums=1)(col2, col1)
+    assert all(float(jnp.max(jnp.abs(g))) == 0 for g in jax.tree.leaves(grads_frozen))
+    step = jax.jit(
+        lambda new: jax.tree.map(lambda p, g: p - 0.1 * g, new, jax.grad(loss)(new, col1))
+    )
+    start = float(loss(col2, col1))
+    for _ in range(30):
+        col2 = step(col2)
+    assert float(loss(col2, col1)) < 0.7 * start
+    jax.tree.map(np.testing.assert_array_equal, col1, frozen_copy)
+    # The laterals are used: column 2's output depends on column 1's hidden units.
+    bumped = jax.tree.map(lambda a: a, col1)
+    bumped["layers"][0]["w"] = bumped["layers"][0]["w"] + 1.0
+    assert not np.allclose(
+        progressive.forward([bumped, col2], x)[1], progressive.forward([col1, col2], x)[1]
+    )
+    # Column 1's own output never depends on column 2.
+    other = jax.tree.map(lambda a: a * 2.0, col2)
+    np.testing.assert_array_equal(
+        progressive.forward([col1, col2], x)[0], progressive.forward([col1, other], x)[0]
+    )
+
+
+def test_rotation_task_labels():
+    rng = np.random.default_rng(0)
+    images = rng.random((5, 6, 6, 1)).astype(np.float32)
+    data = {
+        "inputs": images,
+        "labels": {"a": np.arange(5, dtype=np.int32)},
+        "masks": {"a": np.array([1, 1, 0, 1, 1], bool)},
+    }
+    out = add_rotation_task(data, seed=3)
+    assert out["inputs"].shape == (10, 6, 6, 1)
+    np.testing.assert_array_equal(out["labels"]["rotation"][:5], 0)
+    k = out["labels"]["rotation"][5:]
+    assert set(k) <= {1, 2, 3}
+    for i in range(5):
+        # Rotating back by k quarter turns gives the original image.
+        np.testing.assert_array_equal(np.rot90(out["inputs"][5 + i], -k[i], axes=(0, 1)), images[i])
+    np.testing.assert_array_equal(out["masks"]["a"], [1, 1, 0, 1, 1, 0, 0, 0, 0, 0])
+    assert out["masks"]["rotation"].all()
+    np.testing.assert_array_equal(rotate(images, np.full(5, 2))[0], images[0, ::-1, ::-1])
+    with pytest.raises(DataError, match="square images"):
+        add_rotation_task({**data, "inputs": rng.random((5, 6, 4, 1))})
+
+
+def test_fit_and_accuracy_on_a_separable_toy():
+    from mtl.train.transfer import accuracy, fit
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 4)).astype(np.float32)
+    y = (x[:, 0] + x[:, 1] > 0).astype(np.int32)
+    params = {"w": jnp.zeros((4, 2)), "b": jnp.zeros(2)}
+
+    def loss(p, s, batch, i):
+        logits = batch["inputs"] @ p["w"] + p["b"]
+        return jnp.mean(-jax.nn.log_softmax(logits)[jnp.arange(len(logits)), batch["labels"]]), s
+
+    data = {"inputs": x, "labels": y}
+    trained, _, losses = fit(
+        loss, params, {}, data, num_steps=150, batch_size=20, learning_rate=0.05
+    )
+    assert losses[-1] < 0.5 * losses[0]
+    assert accuracy(lambda v: v @ trained["w"] + trained["b"], x, y, batch_size=64) > 0.95
+    again, _, _ = fit(loss, params, {}, data, num_steps=150, batch_size=20, learning_rate=0.05)
+    jax.tree.map(np.testing.assert_array_equal, trained, again)  # batches depend on (seed, step)
+
+
+def test_distill_step_trains_the_student_on_the_teacher_outputs():
+    import optax
+
+    from mtl.models import build_model, default_config
+    from mtl.models.functional import PureModule
+    from mtl.train import distill as distill_trainer
+    from mtl.train.multitask_step import make_steps
+    from tests.helpers import sum_of_losses, toy_batch
+
+    tasks = tasks_from_config(
+        {"a": dict(head="classification", num_outputs=4), "b": dict(num_outputs=3)}
+    )
+    config = default_config()
+    config.trunk = "mlp"  # a wide teacher, a narrow student (the e2e test uses conv4 -> MLP)
+    config.mlp.hidden = (32, 32)
+    teacher = build_model(config, tasks, (8, 8, 1), seed=1)
+    t_trunk, t_params, t_state = PureModule.split(teacher.trunk)
+    t_heads = {n: PureModule.split(h) for n, h in teacher.heads.items()}
+
+    def apply(variables, x):
+        z, _ = t_trunk.apply(variables["trunk"], t_state, x, train=False)
+        return {n: t_heads[n][0].apply(variables["heads"][n], {}, z)[0] for n in ("a", "b")}
+
+    variables = {"trunk": t_params, "heads": {n: t_heads[n][1] for n in ("a", "b")}}
+    config.trunk = "mlp"
+    config.mlp.hidden = (16,)
+    student = build_model(config, tasks, (8, 8, 1), seed=2)
+    loss_fn = distill_trainer.distill_loss_fn(temperature=3.0, alpha=0.6)
+    steps = make_steps(student, tasks, optax.sgd(0.1), sum_of_losses(), 0, loss_fn)
+    wrapped = distill_trainer.with_teacher(steps, apply, variables)
+    state = wrapped.init()
+    batch = jax.tree.map(jnp.asarray, toy_batch(16))
+    s_trunk, s_params, s_state = PureModule.split(student.trunk)
+    z, _ = s_trunk.apply(s_params, s_state, batch["inputs"], train=True)
+    teacher_out = apply(variables, batch["inputs"])
+    new_state, metrics = jax.jit(wrapped.train_step)(state, batch)
+    for t in tasks:
+        head, head_params, _ = PureModule.split(student.heads[t.name])
+        out = head.apply(head_params, {}, z)[0]
+        expected = distill.distillation_loss(
+            t, out, teacher_out[t.name], batch["labels"][t.name], batch["masks"][t.name], 3.0, 0.6
+        )
+        np.testing.assert_allclose(metrics[f"loss/{t.name}"], expected, rtol=1e-5)
+    # The teacher is carried unchanged; evaluation reads the student only.
+    jax.tree.map(np.testing.assert_array_equal, new_state["teacher"], variables)
+    sums = wrapped.eval_step(new_state, batch)
+    assert set(sums) == {"a", "b"}
+
+
+def test_with_ewc_adds_the_penalty_gradient_to_any_method():
+    from mtl.weighting import get_weighting
+    from tests.test_weighting import RNG, make_objective, make_problem
+
+    params, data = make_problem()
+    anchor = jax.tree.map(lambda p: p + 0.3, params["shared"])
+    fisher = jax.tree.map(lambda p: jnp.full_like(p, 2.0), params["shared"])
+    for name in ("equal", "pcgrad"):
+        method = get_weighting(name)
+        plain, _ = method.update(make_objective(params, data), method.init(3), RNG)
+        wrapped = ewc.with_ewc(method, anchor, fisher, strength=5.0)
+        out, _ = wrapped.update(make_objective(params, data), wrapped.init(3), RNG)
+        # d/dtheta of 5/2 * 2 * (theta - anchor)^2 = 10 * (theta - anchor) = -3.
+        jax.tree.map(
+            lambda a, b: np.testing.assert_allclose(a, b - 3.0, rtol=1e-5, atol=1e-5),
+            out.shared_grads,
+            plain.shared_grads,
+        )
+        jax.tree.map(np.testing.assert_array_equal, out.task_grads, plain.task_grads)

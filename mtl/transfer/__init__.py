@@ -1,3 +1,6 @@
-"""Transfer: fine-tuning strategies (`strategies`, built on path-regex parameter groups in
-`partition`), LoRA (`lora`), partial restore into new models (`restore`) and linear probes on
-cached features (`probe`)."""
+"""Transfer learning, one small pure module per idea; the loops that use them live in `mtl/train/`.
+
+Fine-tuning: strategies (`strategies`, built on path-regex parameter groups in `partition`), LoRA
+(`lora`), partial restore into new models (`restore`), linear probes on cached features (`probe`).
+Across tasks: task affinity, distillation, EWC, domain-adversarial training, progressive networks.
+"""
