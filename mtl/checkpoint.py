@@ -109,9 +109,11 @@ def mismatched_arrays(saved: PyTree, template: PyTree) -> list[str]:
     """
     want = _leaves_by_path(template)
     have = _leaves_by_path(saved)
-    out = [f"{p}: in the model, not in the checkpoint" for p in sorted(set(want) - set(have))]
-    out += [f"{p}: in the checkpoint, not in the model" for p in sorted(set(have) - set(want))]
-    for path in sorted(set(want) & set(have)):
+    # Parameters first: optimizer moments and statistics only repeat their mismatch.
+    order = lambda paths: sorted(paths, key=lambda p: (not p.startswith("params/"), p))  # noqa: E731
+    out = [f"{p}: in the model, not in the checkpoint" for p in order(set(want) - set(have))]
+    out += [f"{p}: in the checkpoint, not in the model" for p in order(set(have) - set(want))]
+    for path in order(set(want) & set(have)):
         w, h = want[path], have[path]
         if jax.dtypes.issubdtype(w.dtype, jax.dtypes.prng_key):
             continue

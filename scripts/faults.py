@@ -129,15 +129,16 @@ def kill_during_save(
 ) -> Killed:
     """Starts `args`, SIGKILLs it while Orbax is writing a checkpoint, returns what is left.
 
-    The kill lands when an unfinished step folder exists. If the save finished in the instant
-    between seeing the folder and the kill (the folder is gone afterwards), the same command is
-    started again (it resumes) and the next save is tried, up to `attempts` times.
+    The kill lands once a complete checkpoint exists and a later one is half written (its
+    unfinished folder already holds files). If that save finished in the instant between
+    looking and killing, the same command is started again (it resumes) and a later save is
+    tried, up to `attempts` times.
     """
     output = []
     for attempt in range(1, attempts + 1):
         proc = Run(args)
         deadline = time.monotonic() + timeout
-        while not partial_checkpoints(workdir):
+        while not _half_written(workdir):
             if proc.proc.poll() is not None or time.monotonic() > deadline:
                 proc.finish()
                 raise RuntimeError(f"run ended before a save could be hit:\n{proc.text[-3000:]}")
@@ -145,10 +146,21 @@ def kill_during_save(
         proc.proc.send_signal(signal.SIGKILL)
         proc.finish()
         output.append(proc.text)
-        partial = partial_checkpoints(workdir)
-        if partial:
+        if partial := _half_written(workdir):
             return Killed(partial, checkpoint_steps(workdir), "".join(output), attempt)
     raise RuntimeError(f"no save was caught unfinished in {attempts} attempts")
+
+
+def _half_written(workdir: os.PathLike) -> list[pathlib.Path]:
+    """Unfinished step folders with files in them, later than a complete checkpoint."""
+    complete = checkpoint_steps(workdir)
+    if not complete:
+        return []
+    return [
+        p
+        for p in partial_checkpoints(workdir)
+        if int(p.name.split(".")[0]) > complete[-1] and any(q.is_file() for q in p.rglob("*"))
+    ]
 
 
 def damage_checkpoint(workdir: os.PathLike, step: int) -> list[pathlib.Path]:
