@@ -43,10 +43,10 @@ _GRACE = flags.DEFINE_float("grace_s", 60.0, "Seconds the others get after a pro
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the commands; start nothing.")
 
 
-def free_port(host: str = "127.0.0.1") -> int:
+def free_port() -> int:
     """A port that was free a moment ago (the coordinator binds it right after)."""
     with socket.socket() as s:
-        s.bind((host, 0))
+        s.bind(("", 0))
         return s.getsockname()[1]
 
 
@@ -154,7 +154,7 @@ def main(argv: list[str]) -> None:
     command = argv[1:]
     if not command:
         raise app.UsageError("Give the command after `--`, e.g. -- python -m launch.train ...")
-    port = _PORT.value or free_port(_HOST.value)
+    port = _PORT.value or free_port()
     envs = process_envs(
         _NUM.value,
         f"{_HOST.value}:{port}",
