@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
 from typing import Any
 
 import jax
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -156,13 +156,13 @@ def save(manager: ocp.CheckpointManager, step: int, state: PyTree, *, force: boo
     return manager.save(step, args=ocp.args.StandardSave(state), force=force)
 
 
-def guard_config(workdir: str, config: Mapping[str, Any], keys: tuple[str, ...]) -> None:
+def guard_config(workdir: str, config: ml_collections.ConfigDict, keys: tuple[str, ...]) -> None:
     """`check_config`, then `record_config`: refuses a different model, else records this one."""
     check_config(workdir, config, keys)
     record_config(workdir, config)
 
 
-def check_config(workdir: str, config: Mapping[str, Any], keys: tuple[str, ...]) -> None:
+def check_config(workdir: str, config: ml_collections.ConfigDict, keys: tuple[str, ...]) -> None:
     """Refuses to resume under a model other than the one recorded in `workdir/config.json`.
 
     Checkpoints in a workdir belong to one model. If the fields in `keys` (model, tasks, ...)
@@ -189,7 +189,7 @@ def check_config(workdir: str, config: Mapping[str, Any], keys: tuple[str, ...])
         )
 
 
-def record_config(workdir: str, config: Mapping[str, Any]) -> None:
+def record_config(workdir: str, config: ml_collections.ConfigDict) -> None:
     """Writes `workdir/config.json` (process 0) unless a run already recorded one."""
     path = os.path.join(workdir, "config.json")
     if os.path.exists(path) or jax.process_index() != 0:
@@ -199,8 +199,8 @@ def record_config(workdir: str, config: Mapping[str, Any]) -> None:
         json.dump(_as_dict(config), f, indent=2, sort_keys=True)
 
 
-def _as_dict(config: Mapping[str, Any]) -> dict:
-    return json.loads(config.to_json_best_effort()) if hasattr(config, "to_json") else config
+def _as_dict(config: ml_collections.ConfigDict) -> dict:
+    return json.loads(config.to_json_best_effort())
 
 
 def _differences(old: Any, new: Any, prefix: str) -> list[tuple[str, Any, Any]]:
