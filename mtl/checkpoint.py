@@ -17,6 +17,7 @@ import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 from mtl.errors import CheckpointError, ConfigError
 
@@ -34,7 +35,7 @@ def make_manager(directory: str, *, every: int, keep: int) -> ocp.CheckpointMana
     # The handler is named so that a fresh manager can read a checkpoint's metadata (array
     # shapes) before restoring: that is how a different model is caught and listed.
     return ocp.CheckpointManager(
-        os.path.abspath(directory), options=options, item_handlers=ocp.StandardCheckpointHandler()
+        _absolute(directory), options=options, item_handlers=ocp.StandardCheckpointHandler()
     )
 
 
@@ -81,7 +82,7 @@ def read_on_host(directory: str, step: int | None = None) -> PyTree:
     """
     options = ocp.CheckpointManagerOptions(read_only=True)
     with ocp.CheckpointManager(
-        os.path.abspath(directory), options=options, item_handlers=ocp.StandardCheckpointHandler()
+        _absolute(directory), options=options, item_handlers=ocp.StandardCheckpointHandler()
     ) as manager:
         step = manager.latest_step() if step is None else step
         if step is None:
@@ -169,11 +170,10 @@ def check_config(workdir: str, config: ml_collections.ConfigDict, keys: tuple[st
     differ from those recorded there, restoring would fail deep inside Orbax or, worse, load
     weights into the wrong places, so this stops first and names the fields.
     """
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
+    path = epath.Path(workdir) / "config.json"
+    if not path.exists():
         return
-    with open(path) as f:
-        saved = json.load(f)
+    saved = json.loads(path.read_text())
     current = _as_dict(config)
     changed = [k for k in keys if saved.get(k) != current.get(k)]
     if changed:
@@ -191,12 +191,16 @@ def check_config(workdir: str, config: ml_collections.ConfigDict, keys: tuple[st
 
 def record_config(workdir: str, config: ml_collections.ConfigDict) -> None:
     """Writes `workdir/config.json` (process 0) unless a run already recorded one."""
-    path = os.path.join(workdir, "config.json")
-    if os.path.exists(path) or jax.process_index() != 0:
+    path = epath.Path(workdir) / "config.json"
+    if path.exists() or jax.process_index() != 0:
         return
-    os.makedirs(workdir, exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(_as_dict(config), f, indent=2, sort_keys=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_as_dict(config), indent=2, sort_keys=True))
+
+
+def _absolute(directory: str) -> str:
+    """Local paths made absolute (Orbax wants them so); URLs such as gs://... as they are."""
+    return directory if "://" in str(directory) else os.path.abspath(directory)
 
 
 def _as_dict(config: ml_collections.ConfigDict) -> dict:

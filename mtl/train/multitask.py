@@ -15,6 +15,7 @@ from typing import Any
 import jax
 import ml_collections
 from absl import logging
+from etils import epath
 
 from mtl import checkpoint, distributed, optim, parallel, preemption, sharding
 from mtl.data import arrays, sources
@@ -105,7 +106,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         keep=config.checkpoint.keep,
     )
     state = init()
-    restored = checkpoint.restore_latest(manager, state)
+    try:
+        restored = checkpoint.restore_latest(manager, state)
+    except BaseException:
+        manager.close()  # a refused or failed restore still ends Orbax's background threads
+        raise
     if restored is not None:
         state = restored
     first_step = int(state["step"])
@@ -185,8 +190,8 @@ def _report(results: Mapping[str, Mapping[str, float]], workdir: str, writer, st
         },
     )
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "results.json"), "w") as f:
-            json.dump({"step": step, "test": results}, f, indent=2)
+        path = epath.Path(workdir) / "results.json"  # workdir may be a bucket
+        path.write_text(json.dumps({"step": step, "test": results}, indent=2))
 
 
 def final_params(workdir: str) -> Any:
