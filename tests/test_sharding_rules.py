@@ -154,3 +154,33 @@ def test_process_rows_follow_the_sharding():
     mesh = parallel.make_mesh({"data": 2, "model": 4})
     # One process holds every device here, so it holds every row.
     assert parallel.process_rows(32, parallel.batch_sharding(mesh)) == slice(0, 32)
+
+
+def test_loop_trains_sharded_and_resumes_under_another_mesh(
+    tmp_path, omniglot_images, omniglot_dir, omniglot_tfds_dir, caplog
+):
+    from configs import omniglot_mtl
+    from mtl import checkpoint
+    from mtl.train import multitask
+
+    config = omniglot_mtl.get_config("Greek,Latin")
+    config.update(dict(num_steps=2, batch_size=32, eval_batch_size=256, log_every=1))
+    config.model.conv4.filters = 8
+    config.data.data_dir, config.data.tfds_dir = omniglot_dir, omniglot_tfds_dir
+    config.mesh.update(dict(data=2, fsdp=4))
+    config.sharding.rules = (("trunk/.*kernel", "fsdp"),)
+    with caplog.at_level("INFO"):
+        multitask.train_and_evaluate(config, str(tmp_path))
+    assert "Sharding: 4 parameter arrays split" in caplog.text
+    saved = checkpoint.read_on_host(str(tmp_path / "checkpoints"))
+    assert saved["params"]["trunk"]["blocks"]["1"]["conv"]["kernel"].shape == (3, 3, 8, 8)
+
+    # Sharding is not part of the model: the same run goes on replicated on 8 devices.
+    config.num_steps = 3
+    config.mesh.update(dict(data=-1, fsdp=1))
+    config.sharding.rules = ()
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        multitask.train_and_evaluate(config, str(tmp_path))
+    assert "at step 2." in caplog.text
+    assert checkpoint.read_on_host(str(tmp_path / "checkpoints"))["step"] == 3
