@@ -135,7 +135,8 @@ def _two_process(ctx: Context, name: str, only_one: bool) -> dict:
         "exit": f"{code}, then {code2}",
         "sees": f"`[0] ... saved step {saved.get(0)}`, `[1] ... saved step {saved.get(1)}`",
         "survived": f"one checkpoint, step {saved.get(0)}, written by both; resumed at step "
-        f"{_resumed(out2)} on both and finished",
+        f"{_resumed(out2)} on both and finished "
+        f"{faults.checkpoint_steps(ctx.root / name)[-1]}/30",
     }
 
 
@@ -152,16 +153,33 @@ def sigkill_during_save(ctx: Context) -> dict:
     overrides = {"model.trunk": "mlp", "model.mlp.hidden": "(1024,1024)", "checkpoint.every": 3}
     args = ctx.args(name, **overrides)
     killed = faults.kill_during_save(args, ctx.root / name)
-    partial = killed.partial[0].name
+    before = _train_records(ctx.root / name)
     code2, out2 = faults.run(args, env=ONE_DEVICE)
+    after = _train_records(ctx.root / name, last=True)
+    restored = int(_resumed(out2))
+    redone = [s for s in before if s > restored]
+    same = all(before[s] == after[s] for s in redone)
+    cleared = "cleared" if not faults.partial_checkpoints(ctx.root / name) else "STILL THERE"
     return {
         "fault": "SIGKILL during an async save",
-        "how": f"`kill -KILL` while `{partial}` was half written",
+        "how": f"`kill -KILL` while `{killed.partial[0].name}` was half written",
         "exit": f"-9, then {code2}",
-        "sees": f"`Resumed from <workdir>/checkpoints at step {_resumed(out2)}.`",
-        "survived": f"complete checkpoints {killed.complete}; the half-written one was "
-        "ignored and cleared; the resumed run recomputed the lost steps",
+        "sees": f"`Resumed from <workdir>/checkpoints at step {restored}.`",
+        "survived": f"complete checkpoints {killed.complete} kept; the half-written one ignored "
+        f"and {cleared}; logged steps {redone} recomputed "
+        f"{'identically' if same and redone else 'DIFFERENTLY'}; finished "
+        f"{faults.checkpoint_steps(ctx.root / name)[-1]}/30",
     }
+
+
+def _train_records(workdir: pathlib.Path, last: bool = False) -> dict[int, dict]:
+    """Train records of metrics.jsonl by step (first or last of each), without timings."""
+    records = {}
+    for line in (workdir / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if any(k.startswith("train/") for k in record) and (last or record["step"] not in records):
+            records[record["step"]] = {k: v for k, v in record.items() if k != "steps_per_sec"}
+    return records
 
 
 def damaged_checkpoint(ctx: Context) -> dict:
