@@ -135,6 +135,7 @@ def _leaves_by_path(tree: PyTree) -> dict[str, Any]:
 def _unreadable(manager, step: int, where: str, error: Exception) -> CheckpointError:
     older = [s for s in manager.all_steps() if s < step]
     first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    first_line = first_line.split(" [tensorstore_spec=")[0]  # the storage spec, as JSON
     if len(first_line) > 240:  # storage errors nest; their start and end say the most
         first_line = f"{first_line[:120]} ... {first_line[-120:]}"
     fallback = (

@@ -28,7 +28,12 @@ from scripts import faults
 _DATA_DIR = flags.DEFINE_string("data_dir", "../shared/data/omniglot", "The Omniglot zips.")
 _ROOT = flags.DEFINE_string("root", None, "Where the runs go (default: a new temporary folder).")
 _README = flags.DEFINE_string("readme", None, "Replace the table between the markers here.")
-_ONLY = flags.DEFINE_list("only", [], "Run only these faults (names as in FAULTS).")
+_ONLY = flags.DEFINE_list(
+    "only",
+    [],
+    "Run only these faults (names as in FAULTS); the other rows come from the last "
+    "run in the same --root.",
+)
 
 START, END = "<!-- fault-table:start -->", "<!-- fault-table:end -->"
 SMALL = {
@@ -209,7 +214,7 @@ def other_model(ctx: Context) -> dict:
         "fault": "Checkpoint of another model",
         "how": "resume with `--config.model.conv4.filters=16` (saved: 8), no config.json",
         "exit": str(code),
-        "sees": _error_line(out) + (f" then e.g. `{listed[0]}`" if listed else ""),
+        "sees": _error_line(out) + (f" ... first: `{listed[0]}`" if listed else ""),
         "survived": kept,
     }
 
@@ -323,13 +328,18 @@ def main(argv: list[str]) -> None:
     root.mkdir(parents=True, exist_ok=True)
     ctx = Context(root, _DATA_DIR.value)
     # Prepare the data once, outside any fault (the first run would otherwise time it too).
-    ctx.finished("prepare", num_steps=1)
+    if not (root / "prepare" / "results.json").exists():
+        ctx.finished("prepare", num_steps=1)
     rows = []
+    (root / "rows").mkdir(exist_ok=True)
     for name, fault in FAULTS.items():
+        saved = root / "rows" / f"{name}.json"
         if _ONLY.value and name not in _ONLY.value:
+            rows.append(json.loads(saved.read_text()))
             continue
         start = time.time()
         rows.append(fault(ctx))
+        saved.write_text(json.dumps(rows[-1]))
         print(f"{name}: done in {time.time() - start:.0f}s", flush=True)
     markdown = table(rows, root, ctx.data_dir)
     print(markdown)

@@ -11,13 +11,13 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import jax
 import numpy as np
 
 from mtl.train import multitask
+from scripts import faults
 from tests.test_train_loop import _flags
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -26,41 +26,6 @@ TIMEOUT = 400  # generous: two cores are shared with other test workers
 # A constant learning rate: then the run length changes nothing before the end, so a long run
 # stopped at step s and resumed to s + 4 is comparable with a reference of s + 4 steps.
 OVERRIDES = {"optimizer.schedule": "constant", "log_every": 2, "checkpoint.every": 1000}
-
-
-class Launch:
-    """`launch.local` in the background, its output lines collected as they come."""
-
-    def __init__(self, args, env=None):
-        self.proc = subprocess.Popen(
-            args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
-        )
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self):
-        for line in self.proc.stdout:
-            self.lines.append(line)
-
-    def wait_for(self, pattern: str, timeout: float = TIMEOUT) -> re.Match:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            for line in list(self.lines):
-                if match := re.search(pattern, line):
-                    return match
-            assert self.proc.poll() is None or self._reader.is_alive(), self.text[-3000:]
-            time.sleep(0.05)
-        raise AssertionError(f"no line matching {pattern!r}:\n{self.text[-3000:]}")
-
-    def finish(self, timeout: float = TIMEOUT) -> int:
-        code = self.proc.wait(timeout=timeout)
-        self._reader.join(timeout=30)
-        return code
-
-    @property
-    def text(self) -> str:
-        return "".join(self.lines)
 
 
 def _launch_args(workdir, omniglot_dir, tfds_dir, **overrides):
@@ -82,8 +47,8 @@ def test_two_processes_stop_together_resume_and_match_one_process(
     tmp_path, omniglot_images, omniglot_dir, omniglot_tfds_dir
 ):
     workdir = tmp_path / "two"
-    env = {**os.environ, "XLA_FLAGS": ""}
-    run = Launch(_launch_args(workdir, omniglot_dir, omniglot_tfds_dir, num_steps=400), env)
+    env = {"XLA_FLAGS": ""}
+    run = faults.Run(_launch_args(workdir, omniglot_dir, omniglot_tfds_dir, num_steps=400), env)
     pid_1 = int(run.wait_for(r"\[launch\] process 1: pid (\d+)").group(1))
     deadline = time.time() + TIMEOUT
     while _metrics_step(workdir) < 4:
@@ -103,7 +68,7 @@ def test_two_processes_stop_together_resume_and_match_one_process(
     assert (workdir / "checkpoints" / str(stopped)).is_dir()
     assert "[launch] exit codes: [0, 0]" in run.text
 
-    resumed = Launch(
+    resumed = faults.Run(
         _launch_args(workdir, omniglot_dir, omniglot_tfds_dir, num_steps=stopped + 4), env
     )
     assert resumed.finish() == 0, resumed.text[-3000:]
