@@ -17,7 +17,7 @@ import time
 
 from absl import app, flags
 
-from configs import omniglot_mtl
+from configs import omniglot_mtl, omniglot_rotation
 from mtl.compare import delta_m
 from mtl.logs import quiet_library_logs
 from mtl.train import multitask
@@ -30,20 +30,29 @@ _METHODS = flags.DEFINE_list(
     "methods", ["equal", "uncertainty", "dwa", "rlw", "gradnorm", "famo"], "Weightings."
 )
 _OUT = flags.DEFINE_string("out", None, "Also write the markdown table to this file.")
+_ROTATION = flags.DEFINE_bool(
+    "rotation", False, "Add a column: equal weighting plus the rotation-prediction SSL task."
+)
+_FILTERS = flags.DEFINE_integer("filters", None, "conv4 filters (the config's when unset).")
+_BATCH = flags.DEFINE_integer("batch_size", None, "Global batch (the config's when unset).")
 
 
-def run(name: str, alphabets: str = "", weighting: str = "equal") -> dict:
+def run(name: str, alphabets: str = "", weighting: str = "equal", rotation: bool = False) -> dict:
     """Trains (or reuses) one run; returns its test results and wall time."""
     workdir = os.path.join(_ROOT.value, name)
     results_path = os.path.join(workdir, "results.json")
     if os.path.exists(results_path):
         with open(results_path) as f:
             return json.load(f)
-    config = omniglot_mtl.get_config(alphabets)
+    config = (omniglot_rotation if rotation else omniglot_mtl).get_config(alphabets)
     config.num_steps = _STEPS.value
     config.data.data_dir = _DATA_DIR.value
     config.data.tfds_dir = _TFDS_DIR.value
     config.weighting.name = weighting
+    if _FILTERS.value:
+        config.model.conv4.filters = _FILTERS.value
+    if _BATCH.value:
+        config.batch_size = _BATCH.value
     start = time.time()
     multitask.train_and_evaluate(config, workdir)
     with open(results_path) as f:
@@ -89,6 +98,8 @@ def main(argv):
     quiet_library_logs()
     single = {a: run(f"single_{a}", alphabets=a) for a in sorted(omniglot_mtl.ALPHABETS)}
     multi = {m: run(f"multi_{m}", weighting=m) for m in _METHODS.value}
+    if _ROTATION.value:
+        multi["equal + rotation SSL"] = run("multi_equal_rotation", rotation=True)
     text = table(single, multi)
     print(text)
     if _OUT.value:

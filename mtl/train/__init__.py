@@ -10,6 +10,9 @@ from mtl.errors import unknown_name
 # trainer name -> "module:function"; imported on use so a run loads only its own loop.
 TRAINERS: dict[str, str] = {
     "multitask": "mtl.train.multitask:train_and_evaluate",
+    "affinity": "mtl.train.affinity:train_and_evaluate",
+    "distill": "mtl.train.distill:train_and_evaluate",
+    "sequential": "mtl.train.sequential:train_and_evaluate",
 }
 
 

@@ -69,8 +69,14 @@ def evaluate(eval_step, state, data: arrays.ArrayDataset, batch_size: int, shard
     }
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
-    """Trains (or resumes) a multi-task model and returns per-task test metrics."""
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, *, steps_fn=make_steps
+) -> dict[str, dict]:
+    """Trains (or resumes) a multi-task model and returns per-task test metrics.
+
+    `steps_fn(model, tasks, optimizer, weighting, seed) -> Steps` builds the pure steps; other
+    trainers pass a wrapper of `make_steps` (e.g. `mtl.train.affinity` adds an accumulator).
+    """
     tasks, weighting = validate(config)
     data = load_data(config, tasks)
     mesh = parallel.make_mesh(config.get("mesh"))
@@ -83,7 +89,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     input_shape = data.train["inputs"].shape[1:]
     model = build_model(config.model, tasks, input_shape, config.seed)
     optimizer = optim.make_optimizer(config.optimizer, config.num_steps)
-    steps = make_steps(model, tasks, optimizer, weighting, config.seed)
+    steps = steps_fn(model, tasks, optimizer, weighting, config.seed)
 
     # The state is replicated except where sharding rules split it (big trunks).
     state_shapes = jax.eval_shape(steps.init)
@@ -196,4 +202,9 @@ def _report(results: Mapping[str, Mapping[str, float]], workdir: str, writer, st
 
 def final_params(workdir: str) -> Any:
     """The parameters of the newest checkpoint in `workdir` (host arrays), for inspection."""
-    return checkpoint.read_on_host(os.path.join(workdir, "checkpoints"))["params"]
+    return final_state(workdir)["params"]
+
+
+def final_state(workdir: str) -> Any:
+    """The whole train state of the newest checkpoint in `workdir` (host arrays)."""
+    return checkpoint.read_on_host(os.path.join(workdir, "checkpoints"))

@@ -16,11 +16,16 @@ from typing import Any
 import ml_collections
 
 from mtl.registry import Registry
+from mtl.weighting.aligned_mtl import aligned_mtl
 from mtl.weighting.base import TaskObjective, Update, Weighting
+from mtl.weighting.cagrad import cagrad
 from mtl.weighting.dwa import dwa
 from mtl.weighting.equal import equal
 from mtl.weighting.famo import famo
 from mtl.weighting.gradnorm import gradnorm
+from mtl.weighting.mgda import mgda
+from mtl.weighting.nash_mtl import nash_mtl
+from mtl.weighting.pcgrad import pcgrad
 from mtl.weighting.rlw import rlw
 from mtl.weighting.uncertainty import uncertainty
 
@@ -32,6 +37,11 @@ for _name, _factory in {
     "rlw": rlw,
     "gradnorm": gradnorm,
     "famo": famo,
+    "pcgrad": pcgrad,
+    "mgda": mgda,
+    "cagrad": cagrad,
+    "nash_mtl": nash_mtl,
+    "aligned_mtl": aligned_mtl,
 }.items():
     WEIGHTINGS.register(_name)(_factory)
 
@@ -61,12 +71,17 @@ __all__ = [
     "TaskObjective",
     "Update",
     "Weighting",
+    "aligned_mtl",
+    "cagrad",
     "default_config",
     "dwa",
     "equal",
     "famo",
     "get_weighting",
     "gradnorm",
+    "mgda",
+    "nash_mtl",
+    "pcgrad",
     "rlw",
     "uncertainty",
 ]
