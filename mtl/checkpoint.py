@@ -16,9 +16,11 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
-from mtl.errors import ConfigError
+from mtl.errors import CheckpointError, ConfigError
 
 PyTree = Any
 
@@ -31,7 +33,11 @@ def make_manager(directory: str, *, every: int, keep: int) -> ocp.CheckpointMana
         enable_async_checkpointing=True,
         create=True,
     )
-    return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+    # The handler is named so that a fresh manager can read a checkpoint's metadata (array
+    # shapes) before restoring: that is how a different model is caught and listed.
+    return ocp.CheckpointManager(
+        _absolute(directory), options=options, item_handlers=ocp.StandardCheckpointHandler()
+    )
 
 
 def abstract_like(state: PyTree) -> PyTree:
@@ -40,11 +46,112 @@ def abstract_like(state: PyTree) -> PyTree:
 
 
 def restore_latest(manager: ocp.CheckpointManager, template: PyTree) -> PyTree | None:
-    """The newest complete checkpoint restored into `template`'s shardings, or None."""
+    """The newest complete checkpoint restored into `template`'s shardings, or None.
+
+    Raises `ConfigError` listing the mismatched arrays if the checkpoint holds a different
+    model, and `CheckpointError` if it cannot be read; neither touches the files.
+    """
     step = manager.latest_step()
     if step is None:
         return None
-    return manager.restore(step, args=ocp.args.StandardRestore(abstract_like(template)))
+    where = os.path.join(str(manager.directory), str(step))
+    try:
+        saved = manager.item_metadata(step)
+    except Exception as e:  # noqa: BLE001 - any unreadable metadata means the same to the user
+        raise _unreadable(manager, step, where, e) from e
+    mismatches = mismatched_arrays(getattr(saved, "tree", saved), template)
+    if mismatches:
+        listed = "\n  ".join(mismatches[:_MAX_LISTED])
+        more = len(mismatches) - _MAX_LISTED
+        raise ConfigError(
+            f"The checkpoint {where} holds a different model than the config builds "
+            f"({len(mismatches)} mismatched array(s)):\n  {listed}"
+            + (f"\n  ... and {more} more" if more > 0 else "")
+            + "\nUse a new --workdir, or the config that wrote it. Nothing was changed."
+        )
+    try:
+        return manager.restore(step, args=ocp.args.StandardRestore(abstract_like(template)))
+    except Exception as e:  # noqa: BLE001
+        raise _unreadable(manager, step, where, e) from e
+
+
+def read_on_host(directory: str, step: int | None = None) -> PyTree:
+    """A checkpoint's arrays as NumPy on this host, whatever mesh or process count wrote it.
+
+    For inspection and tests: each array is read whole onto one local device (RNG keys come
+    back as their raw uint32 data). `step` defaults to the newest complete one.
+    """
+    options = ocp.CheckpointManagerOptions(read_only=True)
+    with ocp.CheckpointManager(
+        _absolute(directory), options=options, item_handlers=ocp.StandardCheckpointHandler()
+    ) as manager:
+        step = manager.latest_step() if step is None else step
+        if step is None:
+            raise CheckpointError(f"No complete checkpoint in {directory}.")
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        target = jax.tree_util.tree_map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+            manager.item_metadata(step).tree,
+        )
+        restored = manager.restore(step, args=ocp.args.StandardRestore(target))
+    return jax.tree_util.tree_map(_to_numpy, restored)
+
+
+def _to_numpy(x: jax.Array) -> np.ndarray:
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        x = jax.random.key_data(x)
+    return np.asarray(x)
+
+
+def mismatched_arrays(saved: PyTree, template: PyTree) -> list[str]:
+    """`path: what differs` for each array that is missing, extra or of another shape/dtype.
+
+    `saved` is the checkpoint's metadata tree (leaves with `shape` and `dtype`). RNG keys are
+    compared by path only: Orbax stores them as their raw uint32 data.
+    """
+    want = _leaves_by_path(template)
+    have = _leaves_by_path(saved)
+    # Parameters first: optimizer moments and statistics only repeat their mismatch.
+    order = lambda paths: sorted(paths, key=lambda p: (not p.startswith("params/"), p))  # noqa: E731
+    out = [f"{p}: in the model, not in the checkpoint" for p in order(set(want) - set(have))]
+    out += [f"{p}: in the checkpoint, not in the model" for p in order(set(have) - set(want))]
+    for path in order(set(want) & set(have)):
+        w, h = want[path], have[path]
+        if jax.dtypes.issubdtype(w.dtype, jax.dtypes.prng_key):
+            continue
+        if tuple(w.shape) != tuple(h.shape) or w.dtype != h.dtype:
+            out.append(
+                f"{path}: checkpoint {tuple(h.shape)} {h.dtype}, model {tuple(w.shape)} {w.dtype}"
+            )
+    return out
+
+
+def _leaves_by_path(tree: PyTree) -> dict[str, Any]:
+    from mtl.sharding import path_str
+
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {path_str(path): leaf for path, leaf in leaves if hasattr(leaf, "shape")}
+
+
+def _unreadable(manager, step: int, where: str, error: Exception) -> CheckpointError:
+    older = [s for s in manager.all_steps() if s < step]
+    first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    first_line = first_line.split(" [tensorstore_spec=")[0]  # the storage spec, as JSON
+    if len(first_line) > 240:  # storage errors nest; their start and end say the most
+        first_line = f"{first_line[:120]} ... {first_line[-120:]}"
+    fallback = (
+        f"Move {where} out of the checkpoints folder to resume from step {max(older)} "
+        if older
+        else f"Move {where} away to start afresh "
+    )
+    return CheckpointError(
+        f"The newest checkpoint, {where}, cannot be read ({type(error).__name__}: "
+        f"{first_line}). It is damaged. {fallback}(older checkpoints: "
+        f"{', '.join(map(str, older)) or 'none'}). Nothing was deleted."
+    )
+
+
+_MAX_LISTED = 20
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: PyTree, *, force: bool = False) -> bool:
@@ -55,29 +162,64 @@ def save(manager: ocp.CheckpointManager, step: int, state: PyTree, *, force: boo
 
 
 def guard_config(workdir: str, config: ml_collections.ConfigDict, keys: tuple[str, ...]) -> None:
-    """Records `config` in `workdir/config.json`; refuses to resume under a different model.
+    """`check_config`, then `record_config`: refuses a different model, else records this one."""
+    check_config(workdir, config, keys)
+    record_config(workdir, config)
+
+
+def check_config(workdir: str, config: ml_collections.ConfigDict, keys: tuple[str, ...]) -> None:
+    """Refuses to resume under a model other than the one recorded in `workdir/config.json`.
 
     Checkpoints in a workdir belong to one model. If the fields in `keys` (model, tasks, ...)
     differ from those recorded there, restoring would fail deep inside Orbax or, worse, load
     weights into the wrong places, so this stops first and names the fields.
     """
-    path = os.path.join(workdir, "config.json")
-    current = json.loads(config.to_json_best_effort())
-    if os.path.exists(path):
-        with open(path) as f:
-            saved = json.load(f)
-        changed = [k for k in keys if saved.get(k) != current.get(k)]
-        if changed:
-            raise ConfigError(
-                f"{workdir} holds checkpoints of a run whose config differs in: "
-                f"{', '.join(changed)}. Use a new --workdir, or the same config to resume. "
-                "Nothing in the workdir was changed."
-            )
+    path = epath.Path(workdir) / "config.json"
+    if not path.exists():
         return
-    if jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
-        with open(path, "w") as f:
-            json.dump(current, f, indent=2, sort_keys=True)
+    saved = json.loads(path.read_text())
+    current = _as_dict(config)
+    changed = [k for k in keys if saved.get(k) != current.get(k)]
+    if changed:
+        details = [
+            f"{k}: {a!r} -> {b!r}"
+            for key in changed
+            for k, a, b in _differences(saved.get(key), current.get(key), key)
+        ]
+        raise ConfigError(
+            f"{workdir} holds checkpoints of a run whose config differs in: "
+            f"{', '.join(changed)} ({'; '.join(details[:10])}). Use a new --workdir, or the "
+            "same config to resume. Nothing in the workdir was changed."
+        )
+
+
+def record_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+    """Writes `workdir/config.json` (process 0) unless a run already recorded one."""
+    path = epath.Path(workdir) / "config.json"
+    if path.exists() or jax.process_index() != 0:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_as_dict(config), indent=2, sort_keys=True))
+
+
+def _absolute(directory: str) -> str:
+    """Local paths made absolute (Orbax wants them so); URLs such as gs://... as they are."""
+    return directory if "://" in str(directory) else os.path.abspath(directory)
+
+
+def _as_dict(config: ml_collections.ConfigDict) -> dict:
+    return json.loads(config.to_json_best_effort())
+
+
+def _differences(old: Any, new: Any, prefix: str) -> list[tuple[str, Any, Any]]:
+    """`(dotted field, old, new)` for each leaf that differs between two JSON values."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [
+            d
+            for k in sorted(set(old) | set(new))
+            for d in _differences(old.get(k), new.get(k), f"{prefix}.{k}")
+        ]
+    return [] if old == new else [(prefix, old, new)]
 
 
 # --- reading part of a checkpoint (partial restore) -----------------------------------------

@@ -27,9 +27,11 @@ class MetricsWriter:
         self._tb = None
         if not self.active:
             return
-        os.makedirs(workdir, exist_ok=True)
-        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")  # noqa: SIM115
         import tensorflow as tf  # TensorFlow writes the event files; already needed by TFDS.
+
+        # tf.io.gfile: the workdir may be a bucket (gs://...) on a TPU pod.
+        tf.io.gfile.makedirs(workdir)
+        self._jsonl = tf.io.gfile.GFile(os.path.join(workdir, "metrics.jsonl"), "a")
 
         self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
 

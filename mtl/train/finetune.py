@@ -30,7 +30,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from mtl import checkpoint, parallel, preemption
+from mtl import checkpoint, parallel, preemption, sharding
 from mtl.data import arrays, text
 from mtl.logs import MetricsWriter, Progress
 from mtl.models import build_model
@@ -94,7 +94,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     mesh = parallel.make_mesh(config.get("mesh"))
     parallel.check_batch_size(config.batch_size, mesh)
     parallel.check_batch_size(config.eval_batch_size, mesh, field="eval_batch_size")
-    checkpoint.guard_config(workdir, config, MODEL_KEYS)
+    rules = config.get("sharding", {}).get("rules", ())
+    sharding.check_rules(rules, mesh)
+    checkpoint.check_config(workdir, config, MODEL_KEYS)
 
     model = build_model(config.model, tasks, arrays.input_shape(data.train), config.seed)
     lora_layers = strategies.prepare_model(model, config.finetune, config.seed)
@@ -137,29 +139,38 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     optimizer = strategies.make_optimizer(plan, config.optimizer, config.num_steps)
     steps = make_steps(model, tasks, optimizer, weighting, config.seed)
 
-    state_sharding = parallel.replicated(mesh)
+    # The state is replicated except where sharding rules split it (big trunks).
+    state_shapes = jax.eval_shape(steps.init)
+    state_sharding = sharding.tree_shardings(state_shapes, rules, mesh)
+    if rules:
+        logging.info("%s", sharding.summary(state_shapes, state_sharding))
     data_sharding = parallel.batch_sharding(mesh)
     init = jax.jit(steps.init, out_shardings=state_sharding)
     train_step = jax.jit(
         steps.train_step,
         in_shardings=(state_sharding, data_sharding),
-        out_shardings=(state_sharding, state_sharding),
+        out_shardings=(state_sharding, parallel.replicated(mesh)),
         donate_argnums=0,
     )
     eval_step = jax.jit(steps.eval_step, in_shardings=(state_sharding, data_sharding))
 
     state = init()
-    restored = checkpoint.restore_latest(manager, state)
+    try:
+        restored = checkpoint.restore_latest(manager, state)
+    except BaseException:
+        manager.close()  # a refused or failed restore still ends Orbax's background threads
+        raise
     if restored is not None:
         state = restored
         logging.info("Resumed from %s at step %d.", manager.directory, int(state["step"]))
     first_step = int(state["step"])
+    checkpoint.record_config(workdir, config)  # only now: a refused restore leaves no trace
 
     prepare = _trim(config.pad_to_multiple)
     writer = MetricsWriter(workdir)
     progress = Progress(config.num_steps, first_step)
     preemption.install_sigterm_handler()
-    train_rows = parallel.process_rows(config.batch_size)
+    train_rows = parallel.process_rows(config.batch_size, data_sharding)
     n_train = arrays.num_examples(data.train)
     step = first_step
     train_start = time.perf_counter()
@@ -170,9 +181,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             # the width.
             batch = prepare(arrays.take(data.train, index))
             batch = jax.tree_util.tree_map(lambda a: a[train_rows], batch)
-            state, metrics = train_step(state, parallel.to_global(batch, data_sharding))
+            state, metrics = train_step(
+                state, parallel.to_global(batch, data_sharding, config.batch_size)
+            )
             step += 1
-            stop = preemption.stop_requested()
+            stop = preemption.should_stop(step)  # once per step, the same on every process
             log_due = step % config.log_every == 0 or step == config.num_steps
             save_due = manager.should_save(step) or stop
             if log_due or save_due:

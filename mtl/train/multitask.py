@@ -14,11 +14,10 @@ from typing import Any
 
 import jax
 import ml_collections
-import numpy as np
-import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 
-from mtl import checkpoint, optim, parallel, preemption
+from mtl import checkpoint, distributed, optim, parallel, preemption, sharding
 from mtl.data import arrays, sources
 from mtl.logs import MetricsWriter, Progress
 from mtl.models import TRUNKS, build_model
@@ -44,7 +43,8 @@ def validate(config: ml_collections.ConfigDict) -> tuple[tuple[Task, ...], Any]:
 
 def load_data(config, tasks) -> sources.MultiTaskData:
     """The configured data set, restricted to the tasks' label fields and checked against them."""
-    data = sources.load(config.data)
+    # Process 0 prepares the data set first: the others then read what it prepared.
+    data = distributed.first_on_process_0(lambda: sources.load(config.data), "load_data")
     for split, ds in data._asdict().items():
         check_labels(tasks, ds["labels"], ds["masks"], split)
     fields = sorted({t.label for t in tasks})
@@ -56,11 +56,11 @@ def evaluate(
 ) -> dict:
     """Per-task metric means over a whole data set; `prepare` maps each host batch first."""
     totals: dict[str, dict[str, float]] = {}
-    rows = parallel.process_rows(batch_size)
+    rows = parallel.process_rows(batch_size, sharding)
     for batch in arrays.eval_batches(data, batch_size):
         batch = prepare(batch) if prepare is not None else batch
         local = jax.tree_util.tree_map(lambda a: a[rows], batch)
-        sums = jax.device_get(eval_step(state, parallel.to_global(local, sharding)))
+        sums = jax.device_get(eval_step(state, parallel.to_global(local, sharding, batch_size)))
         for task, values in sums.items():
             acc = totals.setdefault(task, {})
             for k, v in values.items():
@@ -85,20 +85,26 @@ def train_and_evaluate(
     mesh = parallel.make_mesh(config.get("mesh"))
     parallel.check_batch_size(config.batch_size, mesh)
     parallel.check_batch_size(config.eval_batch_size, mesh, field="eval_batch_size")
-    checkpoint.guard_config(workdir, config, MODEL_KEYS)
+    rules = config.get("sharding", {}).get("rules", ())
+    sharding.check_rules(rules, mesh)
+    checkpoint.check_config(workdir, config, MODEL_KEYS)
 
     input_shape = arrays.input_shape(data.train)
     model = build_model(config.model, tasks, input_shape, config.seed)
     optimizer = optim.make_optimizer(config.optimizer, config.num_steps)
     steps = steps_fn(model, tasks, optimizer, weighting, config.seed)
 
-    state_sharding = parallel.replicated(mesh)
+    # The state is replicated except where sharding rules split it (big trunks).
+    state_shapes = jax.eval_shape(steps.init)
+    state_sharding = sharding.tree_shardings(state_shapes, rules, mesh)
+    if rules:
+        logging.info("%s", sharding.summary(state_shapes, state_sharding))
     data_sharding = parallel.batch_sharding(mesh)
     init = jax.jit(steps.init, out_shardings=state_sharding)
     train_step = jax.jit(
         steps.train_step,
         in_shardings=(state_sharding, data_sharding),
-        out_shardings=(state_sharding, state_sharding),
+        out_shardings=(state_sharding, parallel.replicated(mesh)),
         donate_argnums=0,
     )
     eval_step = jax.jit(steps.eval_step, in_shardings=(state_sharding, data_sharding))
@@ -109,26 +115,33 @@ def train_and_evaluate(
         keep=config.checkpoint.keep,
     )
     state = init()
-    restored = checkpoint.restore_latest(manager, state)
+    try:
+        restored = checkpoint.restore_latest(manager, state)
+    except BaseException:
+        manager.close()  # a refused or failed restore still ends Orbax's background threads
+        raise
     if restored is not None:
         state = restored
     first_step = int(state["step"])
     if restored is not None:
         logging.info("Resumed from %s at step %d.", manager.directory, first_step)
+    checkpoint.record_config(workdir, config)  # only now: a refused restore leaves no trace
 
     writer = MetricsWriter(workdir)
     progress = Progress(config.num_steps, first_step)
     preemption.install_sigterm_handler()
-    train_rows = parallel.process_rows(config.batch_size)
+    train_rows = parallel.process_rows(config.batch_size, data_sharding)
     n_train = arrays.num_examples(data.train)
     step = first_step
     try:
         while step < config.num_steps:
             index = arrays.batch_indices(config.seed, step, n_train, config.batch_size)
             batch = arrays.take(data.train, index[train_rows])
-            state, metrics = train_step(state, parallel.to_global(batch, data_sharding))
+            state, metrics = train_step(
+                state, parallel.to_global(batch, data_sharding, config.batch_size)
+            )
             step += 1
-            stop = preemption.stop_requested()  # read once: the signal may land at any time
+            stop = preemption.should_stop(step)  # once per step, the same on every process
             log_due = step % config.log_every == 0 or step == config.num_steps
             save_due = manager.should_save(step) or stop
             if log_due or save_due:
@@ -186,8 +199,8 @@ def _report(results: Mapping[str, Mapping[str, float]], workdir: str, writer, st
         },
     )
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "results.json"), "w") as f:
-            json.dump({"step": step, "test": results}, f, indent=2)
+        path = epath.Path(workdir) / "results.json"  # workdir may be a bucket
+        path.write_text(json.dumps({"step": step, "test": results}, indent=2))
 
 
 def final_params(workdir: str) -> Any:
@@ -197,11 +210,4 @@ def final_params(workdir: str) -> Any:
 
 def final_state(workdir: str) -> Any:
     """The whole train state of the newest checkpoint in `workdir` (host arrays)."""
-    manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"), every=1, keep=1)
-    try:
-        # Without a template Orbax needs to be told the item's handler.
-        restored = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore())
-    finally:
-        manager.close()
-    host = lambda a: a if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key) else np.asarray(a)  # noqa: E731
-    return jax.tree_util.tree_map(host, restored)
+    return checkpoint.read_on_host(os.path.join(workdir, "checkpoints"))

@@ -1,0 +1,96 @@
+"""Two real processes on 127.0.0.1 (CPU collectives through gloo) form one run.
+
+They train, stop on SIGTERM at the same step, save one Orbax checkpoint together, resume from
+it, and end with the parameters of a single process on a mesh of the same shape.
+"""
+
+import json
+import os
+import pathlib
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+
+from mtl.train import multitask
+from scripts import faults
+from tests.test_train_loop import _flags
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TIMEOUT = 400  # generous: two cores are shared with other test workers
+
+# A constant learning rate: then the run length changes nothing before the end, so a long run
+# stopped at step s and resumed to s + 4 is comparable with a reference of s + 4 steps.
+OVERRIDES = {"optimizer.schedule": "constant", "log_every": 2, "checkpoint.every": 1000}
+
+
+def _launch_args(workdir, omniglot_dir, tfds_dir, **overrides):
+    train = _flags(workdir, omniglot_dir, tfds_dir, **{**OVERRIDES, **overrides})
+    local = [sys.executable, "-m", "launch.local", "--num_processes=2"]
+    # One CPU device per process (the test session's 8 fake devices must not leak in).
+    return [*local, "--cpu_devices_per_process=1", "--grace_s=30", "--", *train]
+
+
+def _metrics_step(workdir) -> int:
+    path = workdir / "metrics.jsonl"
+    if not path.exists():
+        return 0
+    lines = path.read_text().splitlines()
+    return json.loads(lines[-1])["step"] if lines else 0
+
+
+def test_two_processes_stop_together_resume_and_match_one_process(
+    tmp_path, omniglot_images, omniglot_dir, omniglot_tfds_dir
+):
+    workdir = tmp_path / "two"
+    env = {"XLA_FLAGS": ""}
+    run = faults.Run(_launch_args(workdir, omniglot_dir, omniglot_tfds_dir, num_steps=400), env)
+    pid_1 = int(run.wait_for(r"\[launch\] process 1: pid (\d+)").group(1))
+    deadline = time.time() + TIMEOUT
+    while _metrics_step(workdir) < 4:
+        assert run.proc.poll() is None and time.time() < deadline, run.text[-3000:]
+        time.sleep(0.05)
+    # Only process 1 is told (a TPU host under maintenance): process 0 must learn it too.
+    os.kill(pid_1, signal.SIGTERM)
+    assert run.finish() == 0, run.text[-3000:]
+    saved = {
+        int(m.group(1)): int(m.group(2))
+        for m in re.finditer(r"\[(\d)\] .*Stop requested: saved step (\d+)", run.text)
+    }
+    assert set(saved) == {0, 1}, run.text[-3000:]
+    assert saved[0] == saved[1], saved  # every process saved the same step
+    stopped = saved[0]
+    assert 4 <= stopped < 400
+    assert (workdir / "checkpoints" / str(stopped)).is_dir()
+    assert "[launch] exit codes: [0, 0]" in run.text
+
+    resumed = faults.Run(
+        _launch_args(workdir, omniglot_dir, omniglot_tfds_dir, num_steps=stopped + 4), env
+    )
+    assert resumed.finish() == 0, resumed.text[-3000:]
+    assert re.search(rf"\[0\] .*Resumed from .* at step {stopped}", resumed.text)
+    assert re.search(rf"\[1\] .*Resumed from .* at step {stopped}", resumed.text)
+
+    # The same run in one process with two CPU devices: a mesh of the same shape.
+    reference = tmp_path / "one"
+    one = subprocess.run(
+        _flags(reference, omniglot_dir, omniglot_tfds_dir, **OVERRIDES, num_steps=stopped + 4),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
+    )
+    assert one.returncode == 0, one.stderr[-3000:]
+
+    # Bit for bit: the processes add the same two per-device gradients the single process adds.
+    expected = multitask.final_params(str(reference))
+    actual = multitask.final_params(str(workdir))
+    jax.tree_util.tree_map(np.testing.assert_array_equal, expected, actual)
+    one_results = json.loads((reference / "results.json").read_text())["test"]
+    two_results = json.loads((workdir / "results.json").read_text())["test"]
+    assert one_results == two_results  # evaluation saw every example once, on both
