@@ -75,6 +75,15 @@ def restore_latest(manager: ocp.CheckpointManager, template: PyTree) -> PyTree |
         raise _unreadable(manager, step, where, e) from e
 
 
+def latest_step(directory: str) -> int | None:
+    """The newest complete checkpoint's step in `directory`, or None; creates nothing."""
+    if not epath.Path(directory).exists():
+        return None
+    options = ocp.CheckpointManagerOptions(read_only=True)
+    with ocp.CheckpointManager(_absolute(directory), options=options) as manager:
+        return manager.latest_step()
+
+
 def read_on_host(directory: str, step: int | None = None) -> PyTree:
     """A checkpoint's arrays as NumPy on this host, whatever mesh or process count wrote it.
 
@@ -159,12 +168,6 @@ def save(manager: ocp.CheckpointManager, step: int, state: PyTree, *, force: boo
     if force and step in manager.all_steps():
         return False
     return manager.save(step, args=ocp.args.StandardSave(state), force=force)
-
-
-def guard_config(workdir: str, config: ml_collections.ConfigDict, keys: tuple[str, ...]) -> None:
-    """`check_config`, then `record_config`: refuses a different model, else records this one."""
-    check_config(workdir, config, keys)
-    record_config(workdir, config)
 
 
 def check_config(workdir: str, config: ml_collections.ConfigDict, keys: tuple[str, ...]) -> None:

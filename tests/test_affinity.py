@@ -13,6 +13,7 @@ import pytest
 from configs import omniglot_affinity
 from mtl.models import build_model, default_config
 from mtl.train import affinity as affinity_trainer
+from mtl.train import loop
 from mtl.train.multitask_step import make_steps
 from mtl.transfer import affinity
 from tests.helpers import sum_of_losses, toy_batch, toy_tasks
@@ -148,7 +149,7 @@ def test_sequential_run_with_ewc(tmp_path, omniglot_images, omniglot_dir, omnigl
     """Two phases; the second starts from the first's trunk and keeps its head for the end."""
     from configs import omniglot_sequential
     from mtl.errors import ConfigError
-    from mtl.train import multitask, sequential
+    from mtl.train import sequential
 
     config = omniglot_sequential.get_config("Greek,Latin")
     config.update_from_flattened_dict(
@@ -169,12 +170,12 @@ def test_sequential_run_with_ewc(tmp_path, omniglot_images, omniglot_dir, omnigl
     assert report["phases"] == [["Greek"], ["Latin"]]
     # The second phase started from the first phase's trunk, and the final Latin accuracy is
     # the second phase's own (same trunk, same head).
-    first = multitask.final_state(str(tmp_path / "phase0"))["params"]
+    first = loop.final_state(str(tmp_path / "phase0"))["params"]
     assert final["Latin"]["accuracy"] == pytest.approx(
         report["after_phase"][1]["Latin"]["accuracy"]
     )
     assert "Greek" in first["heads"]
-    second = multitask.final_state(str(tmp_path / "phase1"))["params"]
+    second = loop.final_state(str(tmp_path / "phase1"))["params"]
     # 3 Adam steps of lr 1e-3 move a parameter by at most ~3e-3: the trunk was carried over.
     jax.tree.map(
         lambda a, b: np.testing.assert_allclose(a, b, atol=5e-3), first["trunk"], second["trunk"]

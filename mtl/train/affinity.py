@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from mtl.errors import ConfigError
-from mtl.train import multitask
+from mtl.train import loop, multitask
 from mtl.train.multitask_step import Steps, make_steps
 from mtl.transfer import affinity
 
@@ -73,7 +73,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     results = multitask.train_and_evaluate(config, workdir, steps_fn=steps_fn)
     if not results:  # stopped early (preemption): the accumulator is in the checkpoint
         return results
-    acc = multitask.final_state(workdir)["affinity"]
+    acc = loop.final_state(workdir)["affinity"]
     mean = acc["sum"] / max(int(acc["count"]), 1)
     if jax.process_index() == 0:
         affinity.write_report(

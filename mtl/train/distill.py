@@ -26,7 +26,7 @@ from mtl.errors import ConfigError
 from mtl.models import build_model
 from mtl.models.functional import PureModule
 from mtl.tasks import tasks_from_config
-from mtl.train import multitask
+from mtl.train import loop, multitask
 from mtl.train.multitask_step import Steps, make_steps
 from mtl.transfer import distill
 
@@ -59,7 +59,7 @@ def load_teacher(workdir: str, input_shape, student_tasks):
     model = build_model(teacher_config.model, tasks, input_shape, teacher_config.seed)
     trunk, _, _ = PureModule.split(model.trunk)
     heads = {name: PureModule.split(head)[0] for name, head in model.heads.items()}
-    state = multitask.final_state(workdir)
+    state = loop.final_state(workdir)
     variables = {"params": state["params"], "model_state": state["model_state"]}
 
     def apply(variables, inputs):

@@ -30,11 +30,11 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from mtl import checkpoint, parallel, preemption, sharding
+from mtl import checkpoint, parallel, sharding
 from mtl.data import arrays, text
-from mtl.logs import MetricsWriter, Progress
+from mtl.logs import MetricsWriter
 from mtl.models import build_model
-from mtl.train import multitask
+from mtl.train import loop, multitask
 from mtl.train.multitask_step import make_steps
 from mtl.transfer import restore, strategies
 
@@ -100,13 +100,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     model = build_model(config.model, tasks, arrays.input_shape(data.train), config.seed)
     lora_layers = strategies.prepare_model(model, config.finetune, config.seed)
-    manager = checkpoint.make_manager(
-        os.path.join(workdir, "checkpoints"),
-        every=config.checkpoint.every,
-        keep=config.checkpoint.keep,
-    )
+    checkpoint_dir = os.path.join(workdir, "checkpoints")
     restored_from = {}
-    if source is not None and manager.latest_step() is None:
+    if source is not None and checkpoint.latest_step(checkpoint_dir) is None:
         report = restore.restore_trunk(
             model.trunk, source, keep_fresh=config.init.keep_fresh, skip=config.init.skip
         )
@@ -137,81 +133,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         json.dumps(summary["groups"]),
     )
     optimizer = strategies.make_optimizer(plan, config.optimizer, config.num_steps)
-    steps = make_steps(model, tasks, optimizer, weighting, config.seed)
-
-    # The state is replicated except where sharding rules split it (big trunks).
-    state_shapes = jax.eval_shape(steps.init)
-    state_sharding = sharding.tree_shardings(state_shapes, rules, mesh)
-    if rules:
-        logging.info("%s", sharding.summary(state_shapes, state_sharding))
-    data_sharding = parallel.batch_sharding(mesh)
-    init = jax.jit(steps.init, out_shardings=state_sharding)
-    train_step = jax.jit(
-        steps.train_step,
-        in_shardings=(state_sharding, data_sharding),
-        out_shardings=(state_sharding, parallel.replicated(mesh)),
-        donate_argnums=0,
+    compiled = loop.compile_steps(
+        make_steps(model, tasks, optimizer, weighting, config.seed), mesh, rules
     )
-    eval_step = jax.jit(steps.eval_step, in_shardings=(state_sharding, data_sharding))
-
-    state = init()
-    try:
-        restored = checkpoint.restore_latest(manager, state)
-    except BaseException:
-        manager.close()  # a refused or failed restore still ends Orbax's background threads
-        raise
-    if restored is not None:
-        state = restored
-        logging.info("Resumed from %s at step %d.", manager.directory, int(state["step"]))
-    first_step = int(state["step"])
-    checkpoint.record_config(workdir, config)  # only now: a refused restore leaves no trace
-
     prepare = _trim(config.pad_to_multiple)
-    writer = MetricsWriter(workdir)
-    progress = Progress(config.num_steps, first_step)
-    preemption.install_sigterm_handler()
-    train_rows = parallel.process_rows(config.batch_size, data_sharding)
-    n_train = arrays.num_examples(data.train)
-    step = first_step
-    train_start = time.perf_counter()
+    manager = checkpoint.make_manager(
+        checkpoint_dir, every=config.checkpoint.every, keep=config.checkpoint.keep
+    )
+    writer = None
     try:
-        while step < config.num_steps:
-            index = arrays.batch_indices(config.seed, step, n_train, config.batch_size)
-            # Trim the global batch, then take this process's rows: all processes agree on
-            # the width.
-            batch = prepare(arrays.take(data.train, index))
-            batch = jax.tree_util.tree_map(lambda a: a[train_rows], batch)
-            state, metrics = train_step(
-                state, parallel.to_global(batch, data_sharding, config.batch_size)
-            )
-            step += 1
-            stop = preemption.should_stop(step)  # once per step, the same on every process
-            log_due = step % config.log_every == 0 or step == config.num_steps
-            save_due = manager.should_save(step) or stop
-            if log_due or save_due:
-                multitask._check_finite(
-                    jax.device_get(state["nonfinite"]), tasks, manager.directory
-                )
-            if log_due:
-                scalars = {f"train/{k}": float(v) for k, v in jax.device_get(metrics).items()}
-                rate = progress.rate(step)
-                writer.write(step, scalars | {"steps_per_sec": rate})
-                losses = {t.name: scalars[f"train/loss/{t.name}"] for t in tasks}
-                progress.log(progress.line(step, rate, losses))
-            if save_due:
-                checkpoint.save(manager, step, state, force=stop)
-            if stop:
-                manager.wait_until_finished()
-                logging.info("Stop requested: saved step %d in %s; exiting.", step, workdir)
-                return {}
-        jax.block_until_ready(state)
-        train_seconds = time.perf_counter() - train_start
-        checkpoint.save(manager, step, state, force=True)
-        test = _by_length(data.test)
-        results = multitask.evaluate(
-            eval_step, state, test, config.eval_batch_size, data_sharding, prepare
-        )
-        multitask._report(results, workdir, writer, step)
+        state = loop.restore_or_init(manager, compiled, workdir, config)
+        first_step = int(state["step"])
+        writer = MetricsWriter(workdir)  # after the restore: a refused one writes nothing
+        trained = loop.train(config, tasks, compiled, state, data.train, manager, writer, prepare)
+        if trained.stopped:
+            return {}
+        step = int(trained.state["step"])
+        results = loop.evaluate(
+            compiled.eval_step, trained.state, _by_length(data.test), config.eval_batch_size,
+            compiled.data_sharding, prepare,
+        )  # fmt: skip
+        loop.report(results, workdir, writer, step)
         if jax.process_index() == 0:
             info = {
                 "strategy": config.finetune.strategy,
@@ -221,7 +163,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 "lora_layers": len(lora_layers),
                 "restored": restored_from,
                 "steps_trained": step - first_step,
-                "train_seconds": train_seconds,
+                "train_seconds": trained.seconds,
                 "total_seconds": time.perf_counter() - start_time,
             }
             with open(os.path.join(workdir, "finetune.json"), "w") as f:
@@ -230,4 +172,5 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     finally:
         manager.wait_until_finished()
         manager.close()
-        writer.close()
+        if writer is not None:
+            writer.close()

@@ -7,21 +7,17 @@ compiled. A workdir that already holds checkpoints is resumed from the newest on
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Mapping
 from typing import Any
 
-import jax
 import ml_collections
-from absl import logging
-from etils import epath
 
-from mtl import checkpoint, distributed, optim, parallel, preemption, sharding
+from mtl import checkpoint, distributed, optim, parallel, sharding
 from mtl.data import arrays, sources
-from mtl.logs import MetricsWriter, Progress
+from mtl.logs import MetricsWriter
 from mtl.models import TRUNKS, build_model
 from mtl.tasks import Task, check_labels, tasks_from_config
+from mtl.train import loop
 from mtl.train.multitask_step import make_steps
 from mtl.weighting import get_weighting
 
@@ -51,27 +47,6 @@ def load_data(config, tasks) -> sources.MultiTaskData:
     return sources.MultiTaskData(*(arrays.select_fields(ds, fields) for ds in data))
 
 
-def evaluate(
-    eval_step, state, data: arrays.ArrayDataset, batch_size: int, sharding, prepare=None
-) -> dict:
-    """Per-task metric means over a whole data set; `prepare` maps each host batch first."""
-    totals: dict[str, dict[str, float]] = {}
-    rows = parallel.process_rows(batch_size, sharding)
-    for batch in arrays.eval_batches(data, batch_size):
-        batch = prepare(batch) if prepare is not None else batch
-        local = jax.tree_util.tree_map(lambda a: a[rows], batch)
-        sums = jax.device_get(eval_step(state, parallel.to_global(local, sharding, batch_size)))
-        for task, values in sums.items():
-            acc = totals.setdefault(task, {})
-            for k, v in values.items():
-                acc[k] = acc.get(k, 0.0) + float(v)
-    return {
-        task: {k: v / max(acc["count"], 1.0) for k, v in acc.items() if k != "count"}
-        | {"count": acc["count"]}
-        for task, acc in totals.items()
-    }
-
-
 def train_and_evaluate(
     config: ml_collections.ConfigDict, workdir: str, *, steps_fn=make_steps
 ) -> dict[str, dict]:
@@ -79,6 +54,7 @@ def train_and_evaluate(
 
     `steps_fn(model, tasks, optimizer, weighting, seed) -> Steps` builds the pure steps; other
     trainers pass a wrapper of `make_steps` (e.g. `mtl.train.affinity` adds an accumulator).
+    Returns {} when a stop was requested (the state is saved; the same command resumes).
     """
     tasks, weighting = validate(config)
     data = load_data(config, tasks)
@@ -89,125 +65,37 @@ def train_and_evaluate(
     sharding.check_rules(rules, mesh)
     checkpoint.check_config(workdir, config, MODEL_KEYS)
 
-    input_shape = arrays.input_shape(data.train)
-    model = build_model(config.model, tasks, input_shape, config.seed)
+    model = build_model(config.model, tasks, arrays.input_shape(data.train), config.seed)
     optimizer = optim.make_optimizer(config.optimizer, config.num_steps)
-    steps = steps_fn(model, tasks, optimizer, weighting, config.seed)
-
-    # The state is replicated except where sharding rules split it (big trunks).
-    state_shapes = jax.eval_shape(steps.init)
-    state_sharding = sharding.tree_shardings(state_shapes, rules, mesh)
-    if rules:
-        logging.info("%s", sharding.summary(state_shapes, state_sharding))
-    data_sharding = parallel.batch_sharding(mesh)
-    init = jax.jit(steps.init, out_shardings=state_sharding)
-    train_step = jax.jit(
-        steps.train_step,
-        in_shardings=(state_sharding, data_sharding),
-        out_shardings=(state_sharding, parallel.replicated(mesh)),
-        donate_argnums=0,
+    compiled = loop.compile_steps(
+        steps_fn(model, tasks, optimizer, weighting, config.seed), mesh, rules
     )
-    eval_step = jax.jit(steps.eval_step, in_shardings=(state_sharding, data_sharding))
-
     manager = checkpoint.make_manager(
         os.path.join(workdir, "checkpoints"),
         every=config.checkpoint.every,
         keep=config.checkpoint.keep,
     )
-    state = init()
+    writer = None
     try:
-        restored = checkpoint.restore_latest(manager, state)
-    except BaseException:
-        manager.close()  # a refused or failed restore still ends Orbax's background threads
-        raise
-    if restored is not None:
-        state = restored
-    first_step = int(state["step"])
-    if restored is not None:
-        logging.info("Resumed from %s at step %d.", manager.directory, first_step)
-    checkpoint.record_config(workdir, config)  # only now: a refused restore leaves no trace
-
-    writer = MetricsWriter(workdir)
-    progress = Progress(config.num_steps, first_step)
-    preemption.install_sigterm_handler()
-    train_rows = parallel.process_rows(config.batch_size, data_sharding)
-    n_train = arrays.num_examples(data.train)
-    step = first_step
-    try:
-        while step < config.num_steps:
-            index = arrays.batch_indices(config.seed, step, n_train, config.batch_size)
-            batch = arrays.take(data.train, index[train_rows])
-            state, metrics = train_step(
-                state, parallel.to_global(batch, data_sharding, config.batch_size)
-            )
-            step += 1
-            stop = preemption.should_stop(step)  # once per step, the same on every process
-            log_due = step % config.log_every == 0 or step == config.num_steps
-            save_due = manager.should_save(step) or stop
-            if log_due or save_due:
-                _check_finite(jax.device_get(state["nonfinite"]), tasks, manager.directory)
-            if log_due:
-                scalars = {f"train/{k}": float(v) for k, v in jax.device_get(metrics).items()}
-                rate = progress.rate(step)
-                writer.write(step, scalars | {"steps_per_sec": rate})
-                losses = {t.name: scalars[f"train/loss/{t.name}"] for t in tasks}
-                progress.log(progress.line(step, rate, losses))
-            if save_due:
-                checkpoint.save(manager, step, state, force=stop)
-            if stop:
-                manager.wait_until_finished()
-                logging.info("Stop requested: saved step %d in %s; exiting.", step, workdir)
-                return {}
-        checkpoint.save(manager, step, state, force=True)
-        results = evaluate(eval_step, state, data.test, config.eval_batch_size, data_sharding)
-        _report(results, workdir, writer, step)
+        state = loop.restore_or_init(manager, compiled, workdir, config)
+        writer = MetricsWriter(workdir)  # after the restore: a refused one writes nothing
+        trained = loop.train(config, tasks, compiled, state, data.train, manager, writer)
+        if trained.stopped:
+            return {}
+        step = int(trained.state["step"])
+        results = loop.evaluate(
+            compiled.eval_step, trained.state, data.test, config.eval_batch_size,
+            compiled.data_sharding,
+        )  # fmt: skip
+        loop.report(results, workdir, writer, step)
         return results
     finally:
         manager.wait_until_finished()
         manager.close()
-        writer.close()
-
-
-def _check_finite(nonfinite, tasks, checkpoint_dir: str) -> None:
-    """Raises if any step so far had a non-finite loss or update (see `multitask_step`)."""
-    step = int(nonfinite["step"])
-    if step < 0:
-        return
-    bad = [t.name for t, flag in zip(tasks, nonfinite["tasks"], strict=True) if flag]
-    what = f"loss of task(s) {', '.join(bad)}" if bad else "parameter update"
-    raise FloatingPointError(
-        f"Non-finite {what} at step {step}. Stopped without saving it; the newest "
-        f"good checkpoint in {checkpoint_dir} is kept. Try a lower learning rate or gradient "
-        "clipping (--config.optimizer.grad_clip_norm)."
-    )
-
-
-def _report(results: Mapping[str, Mapping[str, float]], workdir: str, writer, step: int) -> None:
-    """Logs a per-task table of test metrics and writes them to `workdir/results.json`."""
-    lines = ["Test metrics:"]
-    for task, metrics in results.items():
-        shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k != "count")
-        lines.append(f"  {task:<24s} {shown} (n={int(metrics['count'])})")
-    logging.info("\n".join(lines))
-    writer.write(
-        step,
-        {
-            f"test/{m}/{task}": v
-            for task, metrics in results.items()
-            for m, v in metrics.items()
-            if m != "count"
-        },
-    )
-    if jax.process_index() == 0:
-        path = epath.Path(workdir) / "results.json"  # workdir may be a bucket
-        path.write_text(json.dumps({"step": step, "test": results}, indent=2))
+        if writer is not None:
+            writer.close()
 
 
 def final_params(workdir: str) -> Any:
     """The parameters of the newest checkpoint in `workdir` (host arrays), for inspection."""
-    return final_state(workdir)["params"]
-
-
-def final_state(workdir: str) -> Any:
-    """The whole train state of the newest checkpoint in `workdir` (host arrays)."""
-    return checkpoint.read_on_host(os.path.join(workdir, "checkpoints"))
+    return loop.final_state(workdir)["params"]

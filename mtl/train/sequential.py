@@ -31,7 +31,7 @@ from mtl.errors import ConfigError
 from mtl.models import build_model
 from mtl.models.functional import PureModule
 from mtl.tasks import tasks_from_config
-from mtl.train import multitask
+from mtl.train import loop, multitask
 from mtl.train.multitask_step import Steps, make_steps
 from mtl.transfer import ewc
 
@@ -120,7 +120,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if not results:  # preempted: the same command resumes this phase
             return results
         per_phase.append(results)
-        state = multitask.final_state(os.path.join(workdir, f"phase{k}"))
+        state = loop.final_state(os.path.join(workdir, f"phase{k}"))
         heads.update(state["params"]["heads"])
         trunk_start = (state["params"]["trunk"], state["model_state"])
         anchor = state["params"]["trunk"]
@@ -136,7 +136,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     state = {"params": {"trunk": trunk_start[0], "heads": heads}, "model_state": trunk_start[1]}
     mesh = parallel.make_mesh(config.get("mesh"))
     test = arrays.select_fields(data.test, sorted({t.label for t in all_tasks}))
-    final = multitask.evaluate(
+    final = loop.evaluate(
         jax.jit(steps.eval_step), state, test, config.eval_batch_size,
         parallel.batch_sharding(mesh),
     )  # fmt: skip
