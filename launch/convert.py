@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from mtl.errors import ConfigError, DataError
 
@@ -38,7 +38,6 @@ def main(argv: list[str]) -> None:
         hf_dir = convert.resolve(_HF_DIR.value)
         model = convert.write_checkpoint(hf_dir, _OUT.value, drop=_DROP.value)
     except (ConfigError, DataError) as e:
-        logging.error("%s: %s", type(e).__name__, e)
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     options = ", ".join(f"{k}={v}" for k, v in model["bert"].items())

@@ -21,6 +21,10 @@ anchoring to `params/` shards its moments the same way. The spec is one of:
 
 An axis name the mesh lacks, a spec longer than the array's rank, or a split that does not
 divide a dimension is a `ConfigError` naming the leaf.
+
+Ready-made rule sets live in `PRESETS` and are chosen with `config.sharding.preset` (say
+`--config.sharding.preset=bert_fsdp`); `config.sharding.rules` come first, so they can
+override a preset's rules for some paths.
 """
 
 from __future__ import annotations
@@ -34,10 +38,31 @@ import jax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from mtl.errors import ConfigError
+from mtl.errors import ConfigError, unknown_name
 
 PyTree = Any
 Rule = tuple[str, Any]
+
+# The large matrices of the `bert` trunk (mtl/models/trunks/bert.py): word and position
+# embeddings, attention query/key/value/output and the feed-forward kernels. `$` keeps LoRA
+# factors and biases out. Rules without `params/` also split the optimizer moments.
+_BERT = r"trunk/layers/\d+/"
+PRESETS: dict[str, tuple[Rule, ...]] = {
+    # ZeRO-3 style: each matrix split along its largest dimension the fsdp axis divides; the
+    # batch is split over data x fsdp, and XLA gathers a layer's weights where it is used.
+    "bert_fsdp": (
+        (r"trunk/embeddings/(word|position)/embedding$", "fsdp"),
+        (_BERT + r"(attention/(query|key|value|output)|intermediate|output)/kernel$", "fsdp"),
+    ),
+    # Megatron style: heads and feed-forward columns split over `model`, so attention and the
+    # MLP run on 1/model of the features; the output projections are split by rows to match.
+    "bert_megatron": (
+        (r"trunk/embeddings/word/embedding$", (None, "model")),
+        (_BERT + r"(attention/(query|key|value)|intermediate)/kernel$", (None, "model")),
+        (_BERT + r"(attention/(query|key|value)|intermediate)/bias$", ("model",)),
+        (_BERT + r"(attention/)?output/kernel$", ("model", None)),
+    ),
+}
 
 
 def path_str(keypath: Sequence[Any]) -> str:
@@ -51,6 +76,16 @@ def path_str(keypath: Sequence[Any]) -> str:
         else:
             parts.append(str(key))
     return "/".join(parts)
+
+
+def config_rules(config: Any) -> tuple[Rule, ...]:
+    """The rules of a config's `sharding` section: its `rules`, then its `preset`'s."""
+    section = config.get("sharding") or {}
+    rules = tuple(section.get("rules") or ())
+    preset = section.get("preset") or ""
+    if preset and preset not in PRESETS:
+        raise unknown_name("sharding preset", preset, PRESETS, field="sharding.preset")
+    return rules + PRESETS.get(preset, ())
 
 
 def check_rules(rules: Sequence[Rule], mesh: Mesh) -> list[tuple[re.Pattern, Any]]:

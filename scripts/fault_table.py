@@ -4,8 +4,14 @@ the user saw and what survived. The table in README.md's "Faults" section is its
     .venv/bin/python -m scripts.fault_table --data_dir=../shared/data/omniglot --readme=README.md
 
 Each fault runs in its own workdir under `--root` (a fresh temporary folder by default) on a
-small Omniglot model (conv4, 8 filters). Nothing is mocked: signals go to the processes,
-checkpoints are Orbax folders on disk, the corrupt image sits in a copy of the real zip.
+small Omniglot model (conv4, 8 filters); the wrong-shaped weight goes through `launch.convert`
+in a copy of all-MiniLM-L6-v2. Nothing is mocked: signals go to the processes, checkpoints are
+Orbax folders on disk, the corrupt image sits in a copy of the real zip.
+
+`--only=NAME,...` reruns some faults; the other rows come from the last run in the same
+`--root`, or else stay as they are in `--readme`'s table:
+
+    .venv/bin/python -m scripts.fault_table --only=wrong_shape_weight --readme=README.md
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ _ONLY = flags.DEFINE_list(
     "only",
     [],
     "Run only these faults (names as in FAULTS); the other rows come from the last "
-    "run in the same --root.",
+    "run in the same --root, or else from the table in --readme.",
 )
 
 START, END = "<!-- fault-table:start -->", "<!-- fault-table:end -->"
@@ -293,6 +299,31 @@ def mistyped_field(ctx: Context) -> dict:
     }
 
 
+def wrong_shape_weight(ctx: Context) -> dict:
+    from mtl.convert import package_dir
+
+    name = "encoder.layer.3.intermediate.dense.weight"
+    folder = ctx.root / "wrong_shape"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
+    old, new = faults.wrong_shape_copy(package_dir(), folder / "hf", name)
+    before = faults.fingerprint(folder)
+    args = [sys.executable, "-m", "launch.convert", f"--hf_dir={folder / 'hf'}"]
+    code, out = faults.run([*args, f"--out={folder / 'converted'}"], ONE_DEVICE)
+    error = out[out.find("error: ") :].splitlines() if "error: " in out else ["(no error line)"]
+    clean = os.listdir(folder) == ["hf"] and faults.fingerprint(folder) == before
+    return {
+        "fault": "Converted weight of the wrong shape",
+        "how": f"`{name}` cut from {old} to {new} in a copy of all-MiniLM-L6-v2 (config.json "
+        "unchanged), then `python -m launch.convert`",
+        "exit": str(code),
+        "sees": " ".join(line.strip() for line in error),
+        "survived": "nothing written (no output, no temporary folder); source files unchanged"
+        if clean
+        else "FILES CHANGED",
+    }
+
+
 FAULTS: dict[str, Callable[[Context], dict]] = {
     "sigterm": sigterm,
     "sigterm_two_all": sigterm_two_all,
@@ -305,7 +336,10 @@ FAULTS: dict[str, Callable[[Context], dict]] = {
     "empty_data": empty_data,
     "nan_loss": nan_loss,
     "mistyped_field": mistyped_field,
+    "wrong_shape_weight": wrong_shape_weight,
 }
+NO_OMNIGLOT = {"wrong_shape_weight"}  # faults that need no prepared Omniglot data
+COLUMNS = ("fault", "how", "exit", "sees", "survived")
 
 
 def table(rows: list[dict], root: pathlib.Path, data_dir: str) -> str:
@@ -315,11 +349,28 @@ def table(rows: list[dict], root: pathlib.Path, data_dir: str) -> str:
         "| --- | --- | --- | --- | --- |",
     ]
     for row in rows:
-        cells = [row[k] for k in ("fault", "how", "exit", "sees", "survived")]
+        cells = [row[k] for k in COLUMNS]
         text = " | ".join(str(c).replace("|", "\\|") for c in cells)
         text = text.replace(str(root), "<root>").replace(data_dir, "<data>")
         lines.append(f"| {text} |")
     return "\n".join(lines)
+
+
+def readme_rows(text: str) -> list[dict]:
+    """The rows of the table between the markers of a README (as `table` wrote them)."""
+    lines = text.split(START, 1)[1].split(END, 1)[0].strip().splitlines()[2:]
+    rows = []
+    for line in lines:
+        cells = re.split(r"(?<!\\) \| ", line.strip()[2:-2])
+        rows.append(dict(zip(COLUMNS, (c.replace("\\|", "|") for c in cells), strict=True)))
+    return rows
+
+
+def merge(old: list[dict], new: list[dict]) -> list[dict]:
+    """`old` rows with those of `new` for the same fault in their place; the rest appended."""
+    by_fault = {row["fault"]: row for row in new}
+    merged = [by_fault.pop(row["fault"], row) for row in old]
+    return merged + list(by_fault.values())
 
 
 def main(argv: list[str]) -> None:
@@ -328,26 +379,30 @@ def main(argv: list[str]) -> None:
     root.mkdir(parents=True, exist_ok=True)
     ctx = Context(root, _DATA_DIR.value)
     # Prepare the data once, outside any fault (the first run would otherwise time it too).
-    if not (root / "prepare" / "results.json").exists():
+    chosen = set(_ONLY.value or FAULTS)
+    if chosen - NO_OMNIGLOT and not (root / "prepare" / "results.json").exists():
         ctx.finished("prepare", num_steps=1)
     rows = []
     (root / "rows").mkdir(exist_ok=True)
     for name, fault in FAULTS.items():
         saved = root / "rows" / f"{name}.json"
-        if _ONLY.value and name not in _ONLY.value:
-            rows.append(json.loads(saved.read_text()))
+        if name not in chosen:
+            if saved.exists():
+                rows.append(json.loads(saved.read_text()))
             continue
         start = time.time()
         rows.append(fault(ctx))
         saved.write_text(json.dumps(rows[-1]))
         print(f"{name}: done in {time.time() - start:.0f}s", flush=True)
+    text = pathlib.Path(_README.value).read_text() if _README.value else ""
+    if _README.value and (START not in text or END not in text):
+        raise SystemExit(f"{_README.value} lacks the markers {START} ... {END}")
+    if _ONLY.value and text:
+        rows = merge(readme_rows(text), rows)
     markdown = table(rows, root, ctx.data_dir)
     print(markdown)
     if _README.value:
         readme = pathlib.Path(_README.value)
-        text = readme.read_text()
-        if START not in text or END not in text:
-            raise SystemExit(f"{readme} lacks the markers {START} ... {END}")
         head, rest = text.split(START, 1)
         readme.write_text(f"{head}{START}\n{markdown}\n{END}{rest.split(END, 1)[1]}")
 

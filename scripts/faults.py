@@ -12,6 +12,7 @@ import hashlib
 import os
 import pathlib
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -181,3 +182,17 @@ def corrupt_zip_copy(source: os.PathLike, target: os.PathLike, nth_png: int = 10
             data = src.read(info.filename)
             dst.writestr(info, b"not a png" if info.filename == bad else data)
     return bad
+
+
+def wrong_shape_copy(source: os.PathLike, target: os.PathLike, name: str) -> tuple[tuple, tuple]:
+    """Copies a Hugging Face model directory with tensor `name` one row short in
+    model.safetensors (config.json unchanged); returns the tensor's old and new shapes."""
+    from safetensors.numpy import load_file, save_file
+
+    shutil.copytree(source, target)
+    path = pathlib.Path(target) / "model.safetensors"
+    weights = load_file(path)
+    old = weights[name].shape
+    weights[name] = weights[name][:-1]
+    save_file(weights, path, metadata={"format": "pt"})
+    return tuple(old), tuple(weights[name].shape)

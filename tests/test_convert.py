@@ -206,3 +206,20 @@ def test_convert_cli_reports_bad_input(tmp_path):
     done = run_convert(f"--hf_dir={tmp_path}", f"--out={tmp_path / 'out'}")
     assert done.returncode == 2 and "no config.json" in done.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_convert_cli_wrong_shape_names_it_and_writes_nothing(tmp_path, tiny_hf_dir):
+    """One tensor one row short (config.json unchanged): one error, nothing written."""
+    from scripts.faults import wrong_shape_copy
+
+    name = "encoder.layer.1.intermediate.dense.weight"
+    old, new = wrong_shape_copy(tiny_hf_dir, tmp_path / "hf", name)
+    done = run_convert(f"--hf_dir={tmp_path / 'hf'}", f"--out={tmp_path / 'out'}")
+    assert done.returncode == 2
+    assert done.stderr.count("error: ") == 1, done.stderr  # said once, not logged and printed
+    assert f"{name} {new} -> layers/1/intermediate/kernel: the model needs {old[::-1]}" in (
+        done.stderr
+    )
+    assert "config.json says intermediate_size=64 (a tensor has 63)" in done.stderr
+    assert "Download or export model.safetensors again" in done.stderr
+    assert sorted(os.listdir(tmp_path)) == ["hf"]  # no output, no temporary folder

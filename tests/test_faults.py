@@ -7,6 +7,7 @@ checkpoint of another model, a NaN loss, bad data paths, and a mistyped config f
 """
 
 import json
+import pathlib
 import re
 import shutil
 import subprocess
@@ -208,3 +209,24 @@ def test_mistyped_config_override_names_the_closest_field(tmp_path, override, me
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_fault_table_only_reruns_one_row_and_keeps_the_readme_rows():
+    from scripts import fault_table
+
+    old = [
+        dict(zip(fault_table.COLUMNS, (f"f{i}", "a | b", "2", "x", "y"), strict=True))
+        for i in (1, 2)
+    ]
+    text = "\n".join(
+        [
+            "intro",
+            fault_table.START,
+            fault_table.table(old, pathlib.Path("/root"), "/data"),
+            fault_table.END,
+        ]
+    )
+    assert fault_table.readme_rows(text) == old  # escaped pipes survive the round trip
+    new = [old[1] | {"exit": "0"}, old[0] | {"fault": "f3"}]
+    merged = fault_table.merge(old, new)
+    assert [(r["fault"], r["exit"]) for r in merged] == [("f1", "2"), ("f2", "0"), ("f3", "2")]

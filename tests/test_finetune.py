@@ -183,3 +183,37 @@ def test_multitask_feature_extraction_with_a_weighting(
     converted = converted_trunk(tiny_ckpt)
     for path, value in trained.items():
         np.testing.assert_array_equal(value, converted[path], err_msg=path)
+
+
+def test_partial_restore_of_a_wrong_shaped_weight_loads_nothing(tiny_ckpt, tmp_path):
+    """A converted checkpoint with one array of the wrong shape (its model.json unchanged)."""
+    import shutil
+
+    ckpt = tmp_path / "converted"
+    shutil.copytree(tiny_ckpt, ckpt, ignore=shutil.ignore_patterns("params"))
+    params = converted_trunk(tiny_ckpt)
+    params["layers/1/intermediate/kernel"] = params["layers/1/intermediate/kernel"][:, :-1]
+    trunk = {}
+    for path, value in params.items():
+        node = trunk
+        *parents, last = path.split("/")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    checkpoint.write_tree(str(ckpt / "params"), {"trunk": trunk})
+    source = restore.find_source(str(ckpt))
+    restore.check_architecture({"trunk": "bert", "bert": TINY_BERT}, source, TINY_BERT)
+
+    model = new_model()
+    before = flat(nnx.to_pure_dict(nnx.state(model.trunk, nnx.Param)))
+    with pytest.raises(ConfigError) as error:
+        restore.restore_trunk(model.trunk, source)
+    message = str(error.value)
+    assert (
+        "shape mismatches (1): layers/1/intermediate/kernel: checkpoint (32, 63), model (32, 64)"
+        in message
+    )
+    assert "convert the weights again" in message and "Nothing was loaded." in message
+    after = flat(nnx.to_pure_dict(nnx.state(model.trunk, nnx.Param)))
+    for path, value in before.items():
+        np.testing.assert_array_equal(after[path], value, err_msg=path)

@@ -67,7 +67,9 @@ def _build(config: Mapping[str, Any], weights: Mapping[str, Any], drop, options)
     trunk_options = hf_bert.trunk_options(config) | dict(options)
     make = lambda: Bert((), rngs=nnx.Rngs(0), **trunk_options)
     graphdef, params, _ = nnx.split(nnx.eval_shape(make), nnx.Param, ...)
-    converted = hf_bert.convert(weights, nnx.to_pure_dict(params), drop=drop)
+    # The shapes follow config.json except where `options` override it: name only those fields.
+    from_json = {k: v for k, v in config.items() if k not in options}
+    converted = hf_bert.convert(weights, nnx.to_pure_dict(params), drop=drop, config=from_json)
     nnx.replace_by_pure_dict(params, _as_jax(converted))
     rest = jax.jit(lambda: nnx.split(make(), nnx.Param, ...)[2])()
     return nnx.merge(graphdef, params, rest)

@@ -113,6 +113,7 @@ def convert(
     target: Mapping[str, Any],
     *,
     drop: Iterable[str] = (),
+    config: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Parameters of a `bert` trunk from checkpoint tensors.
 
@@ -122,6 +123,8 @@ def convert(
         `.shape`), e.g. `nnx.to_pure_dict(nnx.state(nnx.eval_shape(...), nnx.Param))`.
       drop: regexes of checkpoint names to leave out on purpose (say `cls\\.` for the masked-LM
         head of a `BertForMaskedLM` checkpoint). The pooler is left out when the target has none.
+      config: the checkpoint's config.json when `target` was built from it; a shape mismatch
+        then names the config.json field the tensor disagrees with.
 
     Returns:
       A nested dict with the structure of `target`, float32 numpy leaves.
@@ -144,7 +147,7 @@ def convert(
     wanted = _flatten(target)
     num_layers = len(target.get("layers", {}))
     has_pooler = "pooler" in target
-    out, used, bad_shape = {}, set(), set()
+    out, used, bad_shape, sizes = {}, set(), set(), set()
     missing_source, missing_target, mismatched = [], [], []
     for ours, theirs, transform in table(num_layers, has_pooler):
         if theirs not in source:
@@ -157,6 +160,9 @@ def convert(
         value = transform(source[theirs])
         if tuple(value.shape) != tuple(wanted[ours].shape):
             bad_shape.add(ours)
+            sizes |= {
+                (w, g) for w, g in zip(wanted[ours].shape, value.shape, strict=False) if w != g
+            }
             mismatched.append(
                 f"{theirs} {tuple(source[theirs].shape)} -> {ours}: the model needs "
                 f"{tuple(wanted[ours].shape)}"
@@ -174,11 +180,34 @@ def convert(
     unfilled = sorted(set(wanted) - set(out) - bad_shape)
     problems = (leftover, missing_source + missing_target, mismatched, unfilled)
     if any(problems):
-        raise ConversionError(_report(*problems, num_layers))
+        raise ConversionError(_report(*problems, num_layers, _disagreements(sizes, config)))
     return _unflatten(out)
 
 
-def _report(leftover, missing, mismatched, unfilled, num_layers) -> str:
+# config.json fields that set the size of some tensor dimension.
+SIZE_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "max_position_embeddings",
+    "type_vocab_size",
+)
+
+
+def _disagreements(sizes: set[tuple[int, int]], config: Mapping[str, Any] | None) -> list[str]:
+    """`intermediate_size=1536 (a tensor has 1535)` for each config.json field that a
+    mismatched tensor dimension contradicts; `sizes` holds (model, tensor) dimension pairs."""
+    if config is None:
+        return []
+    return sorted(
+        f"{field}={config[field]} (a tensor has {got})"
+        for field in SIZE_FIELDS
+        for want, got in sizes
+        if config.get(field) == want
+    )
+
+
+def _report(leftover, missing, mismatched, unfilled, num_layers, disagree=()) -> str:
     lines = ["The checkpoint does not match the bert trunk one to one."]
     for title, items in (
         ("Checkpoint tensors left over", leftover),
@@ -196,6 +225,13 @@ def _report(leftover, missing, mismatched, unfilled, num_layers) -> str:
         lines.append(
             f"Hint: the checkpoint has {max(layers) + 1} layers, the model {num_layers}: build the "
             "model from the checkpoint's config.json (trunk_options) or set model.bert.num_layers."
+        )
+    elif mismatched and disagree:
+        # The model was built from config.json, so the weights and config.json disagree.
+        lines.append(
+            f"Hint: config.json says {', '.join(disagree)}: the weight file is damaged or "
+            "belongs to another model. Download or export model.safetensors again together "
+            "with its own config.json (or correct config.json if the tensors are right)."
         )
     elif mismatched:
         lines.append(

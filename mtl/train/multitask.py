@@ -61,7 +61,7 @@ def train_and_evaluate(
     mesh = parallel.make_mesh(config.get("mesh"))
     parallel.check_batch_size(config.batch_size, mesh)
     parallel.check_batch_size(config.eval_batch_size, mesh, field="eval_batch_size")
-    rules = config.get("sharding", {}).get("rules", ())
+    rules = sharding.config_rules(config)
     sharding.check_rules(rules, mesh)
     checkpoint.check_config(workdir, config, MODEL_KEYS)
 

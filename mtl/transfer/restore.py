@@ -151,7 +151,13 @@ def restore_trunk(
         ):
             if items:
                 lines.append(f"  {title} ({len(items)}): {', '.join(items[:12])}")
-        lines.append("Build the model with the checkpoint's trunk options (see init.checkpoint).")
+        options = ", ".join(f"{k}={v}" for k, v in source.options.items())
+        lines.append(
+            f"Build the model with the checkpoint's {source.trunk} options ({options}); if it "
+            "already has them, the saved arrays disagree with them: convert the weights again "
+            "(python -m launch.convert, into a new --out) or start from another checkpoint. "
+            "Nothing was loaded."
+        )
         raise ConfigError("\n".join(lines))
     loaded = sorted(set(fresh) & set(saved))
     like = _nest({p: saved[p] for p in loaded + merge})
