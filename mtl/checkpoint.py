@@ -136,7 +136,7 @@ def mismatched_arrays(saved: PyTree, template: PyTree) -> list[str]:
 
 
 def _leaves_by_path(tree: PyTree) -> dict[str, Any]:
-    from mtl.sharding import path_str
+    from mtl.paths import path_str
 
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
     return {path_str(path): leaf for path, leaf in leaves if hasattr(leaf, "shape")}

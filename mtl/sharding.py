@@ -39,6 +39,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from mtl.errors import ConfigError, unknown_name
+from mtl.paths import path_str
 
 PyTree = Any
 Rule = tuple[str, Any]
@@ -63,19 +64,6 @@ PRESETS: dict[str, tuple[Rule, ...]] = {
         (_BERT + r"(attention/)?output/kernel$", ("model", None)),
     ),
 }
-
-
-def path_str(keypath: Sequence[Any]) -> str:
-    """`params/trunk/blocks/0/conv/kernel` for a JAX key path."""
-    parts = []
-    for key in keypath:
-        for attr in ("key", "name", "idx"):  # DictKey, GetAttrKey, SequenceKey
-            if hasattr(key, attr):
-                parts.append(str(getattr(key, attr)))
-                break
-        else:
-            parts.append(str(key))
-    return "/".join(parts)
 
 
 def config_rules(config: Any) -> tuple[Rule, ...]:

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from mtl.errors import DataError
+from mtl.paths import flatten, unflatten
 
 Transform = Callable[[np.ndarray], np.ndarray]
 
@@ -144,7 +145,7 @@ def convert(
         )
     source = {k: np.asarray(weights[v[0]]) for k, v in source.items()}
 
-    wanted = _flatten(target)
+    wanted = flatten(target)
     num_layers = len(target.get("layers", {}))
     has_pooler = "pooler" in target
     out, used, bad_shape, sizes = {}, set(), set(), set()
@@ -181,7 +182,7 @@ def convert(
     problems = (leftover, missing_source + missing_target, mismatched, unfilled)
     if any(problems):
         raise ConversionError(_report(*problems, num_layers, _disagreements(sizes, config)))
-    return _unflatten(out)
+    return unflatten(out)
 
 
 # config.json fields that set the size of some tensor dimension.
@@ -244,29 +245,6 @@ def _report(leftover, missing, mismatched, unfilled, num_layers, disagree=()) ->
             "`classifier.`) can be left out on purpose with drop=[regex]."
         )
     return "\n".join(lines)
-
-
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for key, value in tree.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, path + "/"))
-        else:
-            flat[path] = value
-    return flat
-
-
-def _unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
-    """`{"a/0/b": x}` -> `{"a": {0: {"b": x}}}`; digit keys become ints as NNX lists use."""
-    tree: dict = {}
-    for path, value in flat.items():
-        node = tree
-        *parents, last = [int(p) if p.isdigit() else p for p in path.split("/")]
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[last] = value
-    return tree
 
 
 # --- reading checkpoints -------------------------------------------------------------------

@@ -24,22 +24,10 @@ import jax.numpy as jnp
 import optax
 
 from mtl.errors import ConfigError
+from mtl.paths import path_str
 
 PyTree = Any
 Rules = Sequence[tuple[str, str]]
-
-
-def path_str(path: tuple) -> str:
-    """`(DictKey('trunk'), DictKey('layers'), DictKey(0), ...)` -> `trunk/layers/0/...`."""
-    parts = []
-    for key in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(key, attr):
-                parts.append(str(getattr(key, attr)))
-                break
-        else:
-            parts.append(str(key))
-    return "/".join(parts)
 
 
 def paths(params: PyTree) -> list[str]:

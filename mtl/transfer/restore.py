@@ -28,6 +28,7 @@ from flax import nnx
 
 from mtl import checkpoint
 from mtl.errors import ConfigError, DataError
+from mtl.paths import flatten, unflatten
 
 MODEL_FILE = "model.json"  # {"trunk": name, name: {options}} of a converted checkpoint
 PARAMS_DIR = "params"
@@ -94,27 +95,6 @@ def check_architecture(
         )
 
 
-def _flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            out.update(_flat(value, f"{prefix}{key}/"))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
-    tree: dict = {}
-    for path, value in flat.items():
-        node = tree
-        *parents, last = [int(p) if p.isdigit() else p for p in path.split("/")]
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[last] = value
-    return tree
-
-
 def restore_trunk(
     trunk: nnx.Module,
     source: TrunkSource,
@@ -125,8 +105,8 @@ def restore_trunk(
     """Loads the checkpoint's trunk parameters into `trunk` in place; returns the paths
     `loaded`, kept `fresh`, `skipped` and LoRA factors `merged` into their kernels."""
     state = nnx.state(trunk, nnx.Param)
-    fresh = _flat(nnx.to_pure_dict(state))
-    saved = _flat(checkpoint.tree_shapes(source.params_path, source.select))
+    fresh = flatten(nnx.to_pure_dict(state))
+    saved = flatten(checkpoint.tree_shapes(source.params_path, source.select))
     keep_fresh = [re.compile(p) for p in keep_fresh]
     skip = [re.compile(p) for p in skip]
     mismatched = [
@@ -160,14 +140,14 @@ def restore_trunk(
         )
         raise ConfigError("\n".join(lines))
     loaded = sorted(set(fresh) & set(saved))
-    like = _nest({p: saved[p] for p in loaded + merge})
-    values = _flat(checkpoint.read_subtree(source.params_path, source.select, like))
+    like = unflatten({p: saved[p] for p in loaded + merge})
+    values = flatten(checkpoint.read_subtree(source.params_path, source.select, like))
     for path in merge:
         if path.endswith("/lora_a"):
             layer = path.removesuffix("/lora_a")
             a, b = values[f"{layer}/lora_a"], values[f"{layer}/lora_b"]
             values[f"{layer}/kernel"] = values[f"{layer}/kernel"] + source.lora_scale * (a @ b)
     cast = {p: jax.numpy.asarray(values[p], fresh[p].dtype) for p in loaded}
-    nnx.replace_by_pure_dict(state, _nest({p: cast.get(p, v) for p, v in fresh.items()}))
+    nnx.replace_by_pure_dict(state, unflatten({p: cast.get(p, v) for p, v in fresh.items()}))
     nnx.update(trunk, state)
     return {"loaded": loaded, "fresh": only_fresh, "skipped": only_saved, "merged": merge}
