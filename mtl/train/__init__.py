@@ -10,6 +10,7 @@ from mtl.errors import unknown_name
 # trainer name -> "module:function"; imported on use so a run loads only its own loop.
 TRAINERS: dict[str, str] = {
     "multitask": "mtl.train.multitask:train_and_evaluate",
+    "meta": "mtl.train.meta:train_and_evaluate",
 }
 
 
