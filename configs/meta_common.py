@@ -35,8 +35,8 @@ def eval_block(**overrides) -> ml_collections.ConfigDict:
     block = dict(
         episodes=600,
         batch=40,  # episodes per compiled call, split over the devices
-        ways=(5,),
-        shots=(1,),
+        ways=(),  # () = meta.ways; ProtoNets and zero / proto heads take any number
+        shots=(),  # () = meta.shots
         queries=15,
         inner_steps=10,
         seed=1234,

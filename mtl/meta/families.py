@@ -60,7 +60,7 @@ def omniglot(
     images = data.load_omniglot(
         data.resolve_data_dir(data_dir),
         splits=tuple(splits),
-        tfds_dir=tfds_dir,
+        tfds_dir=tfds_dir or None,
         image_size=image_size,
     )
     return omniglot_family(
@@ -80,3 +80,20 @@ def load(data_config: Mapping[str, Any]):
     """Builds the family named by `data_config.name` with the rest of the block as options."""
     name, options = check_config(data_config)
     return FAMILIES.get(name)(**options)
+
+
+def describe(data_config: Mapping[str, Any]):
+    """`(kind, input_shape, preprocess)` of a family without loading its data.
+
+    `preprocess` maps inputs in the data set's own form (Omniglot: images as read from the
+    PNG files) to what the model was trained on; the adapt/predict API applies it.
+    """
+    name, options = check_config(data_config)
+    if name == "sinusoid":
+        from mtl.meta.sinusoid import SinusoidFamily
+
+        return "regression", (1,), SinusoidFamily().preprocess
+    from mtl.data.omniglot import preprocess_omniglot
+
+    size = int(options.get("image_size", 28))
+    return "classification", (size, size, 1), lambda images: preprocess_omniglot(images, size)
