@@ -56,11 +56,13 @@ class Setting:
 
 
 def eval_settings(config: ml_collections.ConfigDict, kind: str) -> list[Setting]:
-    ways = (1,) if kind == "regression" else tuple(config.eval.ways)
-    return [
-        Setting(int(w), int(s), int(config.eval.queries))
-        for w, s in itertools.product(ways, tuple(config.eval.shots))
-    ]
+    """Every (ways, shots) of `config.eval`; empty ways / shots mean the training ones."""
+    ways = tuple(config.eval.ways) or (int(config.meta.ways),)
+    shots = tuple(config.eval.shots) or (int(config.meta.shots),)
+    if kind == "regression":
+        ways = (1,)
+    queries = int(config.eval.queries)
+    return [Setting(int(w), int(s), queries) for w, s in itertools.product(ways, shots)]
 
 
 def validate(config: ml_collections.ConfigDict) -> str:
@@ -116,6 +118,10 @@ def make_train_step(learner, optimizer, mesh, ways: int):
     """`(state, batch) -> (state, metrics)`, the meta-batch split over the `data` axis."""
 
     def local(meta, model_state, batch, step):
+        # Each device differentiates its own copy of the (replicated) meta-parameters, so its
+        # gradient is that of its share of the episodes; pmean makes the global mean.
+        # (Differentiating the replicated value itself would make JAX psum the gradients.)
+        meta, model_state = jax.lax.pcast((meta, model_state), "data", to="varying")
         grads, aux = learner.meta_grads(meta, model_state, batch, ways=ways, step=step)
         return jax.lax.pmean((grads, aux), "data")
 
