@@ -12,6 +12,7 @@ baselines use one). The data directory can also come from $MTL_OMNIGLOT_DIR.
 import ml_collections
 
 from mtl import optim
+from mtl.errors import unknown_name
 from mtl.models import default_config as model_config
 from mtl.weighting import default_config as weighting_config
 
@@ -30,6 +31,9 @@ ALPHABETS = {
 
 def get_config(alphabets: str = "") -> ml_collections.ConfigDict:
     chosen = alphabets.split(",") if alphabets else sorted(ALPHABETS)
+    for name in chosen:
+        if name not in ALPHABETS:
+            raise unknown_name("alphabet", name, ALPHABETS, field="--config=...:ALPHABETS")
     config = ml_collections.ConfigDict()
     config.trainer = "multitask"
     config.seed = 0
@@ -55,7 +59,7 @@ def get_config(alphabets: str = "") -> ml_collections.ConfigDict:
     for name in chosen:
         config.tasks[name] = dict(
             head="classification",
-            num_outputs=ALPHABETS.get(name, 0),
+            num_outputs=ALPHABETS[name],
             loss="softmax_cross_entropy",
             metrics=("accuracy",),
             label=name,

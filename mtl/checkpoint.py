@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
 from typing import Any
 
 import jax
+import ml_collections
 import orbax.checkpoint as ocp
 
 from mtl.errors import ConfigError
@@ -53,7 +53,7 @@ def save(manager: ocp.CheckpointManager, step: int, state: PyTree, *, force: boo
     return manager.save(step, args=ocp.args.StandardSave(state), force=force)
 
 
-def guard_config(workdir: str, config: Mapping[str, Any], keys: tuple[str, ...]) -> None:
+def guard_config(workdir: str, config: ml_collections.ConfigDict, keys: tuple[str, ...]) -> None:
     """Records `config` in `workdir/config.json`; refuses to resume under a different model.
 
     Checkpoints in a workdir belong to one model. If the fields in `keys` (model, tasks, ...)
@@ -61,7 +61,7 @@ def guard_config(workdir: str, config: Mapping[str, Any], keys: tuple[str, ...])
     weights into the wrong places, so this stops first and names the fields.
     """
     path = os.path.join(workdir, "config.json")
-    current = json.loads(config.to_json_best_effort()) if hasattr(config, "to_json") else config
+    current = json.loads(config.to_json_best_effort())
     if os.path.exists(path):
         with open(path) as f:
             saved = json.load(f)

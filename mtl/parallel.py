@@ -12,7 +12,7 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from mtl.errors import ConfigError
@@ -28,7 +28,11 @@ def make_mesh(mesh_config: Mapping[str, int] | None = None) -> Mesh:
         raise ConfigError(
             f"config mesh.data={data} does not fit the {count} available devices; use -1 for all."
         )
-    return jax.make_mesh((data,), ("data",), devices=jax.devices()[:data])
+    # Auto axes: XLA propagates shardings through the step (jax.make_mesh now defaults to
+    # Explicit axes, where ops such as vmap-ed convolutions must be annotated by hand).
+    return jax.make_mesh(
+        (data,), ("data",), axis_types=(AxisType.Auto,), devices=jax.devices()[:data]
+    )
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

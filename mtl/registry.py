@@ -62,19 +62,53 @@ class Registry(Generic[T]):
         return ml_collections.ConfigDict(block)
 
     def options_from(self, name: str, options: Mapping[str, Any] | None, field: str) -> dict:
-        """Checks `options` against the factory's keywords; unknown ones raise `ConfigError`."""
+        """`options` checked against the factory's keywords and the types of their defaults.
+
+        Unknown options and values of the wrong type raise a `ConfigError` that names the
+        config field and lists what is accepted.
+        """
+        if isinstance(options, ml_collections.ConfigDict):
+            options = options.to_dict()
         options = dict(options or {})
         accepted = self.options(name)
         unknown = sorted(set(options) - set(accepted))
         if unknown:
+            listed = ", ".join(f"{k}={v!r}" for k, v in sorted(accepted.items())) or "none"
+            named = ", ".join(map(repr, unknown))
             raise ConfigError(
-                f"{self.kind} {name!r} has no option(s) {', '.join(unknown)} (config field "
-                f"{field}). Accepted: {', '.join(sorted(accepted)) or 'none'}."
+                f"{self.kind} {name!r} has no option(s) {named} (config field {field}). "
+                f"Accepted (with defaults): {listed}."
             )
-        return options
+        return {
+            k: _typed(self.kind, name, f"{field}.{k}", v, accepted[k]) for k, v in options.items()
+        }
 
     def __contains__(self, name: object) -> bool:
         return name in self._table
 
     def __iter__(self) -> Iterator[str]:
         return iter(sorted(self._table))
+
+
+def _typed(kind: str, name: str, field: str, value: Any, default: Any) -> Any:
+    """`value` if it has the type of `default` (an int passes for a float, a list for a
+    tuple, anything for a None default); else a `ConfigError`."""
+    if default is None or value is None:
+        return value
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, tuple | list):
+        ok = isinstance(value, tuple | list)
+    else:
+        ok = isinstance(value, type(default))
+    if not ok:
+        raise ConfigError(
+            f"{kind} {name!r}: config field {field} must be a {type(default).__name__}, "
+            f"got {value!r} ({type(value).__name__})."
+        )
+    return value

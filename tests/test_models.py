@@ -47,7 +47,7 @@ def test_unknown_trunk_suggests_closest_name():
 def test_unknown_trunk_option_is_named():
     config = default_config()
     config.conv4.filter = 32  # typo of `filters`
-    with pytest.raises(ConfigError, match=r"no option\(s\) filter.*filters"):
+    with pytest.raises(ConfigError, match=r"no option\(s\) 'filter'.*filters"):
         build_model(config, toy_tasks(), (28, 28, 1), seed=0)
 
 

@@ -419,9 +419,9 @@ def test_get_weighting_rejects_unknown_names_and_options():
         get_weighting("dwaa")
     with pytest.raises(ConfigError, match=r"'temprature'.*temperature=2.0, window=100"):
         get_weighting("dwa", {"temprature": 3.0})
-    with pytest.raises(ConfigError, match="'window' must be a int"):
+    with pytest.raises(ConfigError, match="weighting.dwa.window must be a int"):
         get_weighting("dwa", {"window": 2.5})
-    with pytest.raises(ConfigError, match="'wrt' must be a str"):
+    with pytest.raises(ConfigError, match="weighting.gradnorm.wrt must be a str"):
         get_weighting("gradnorm", {"wrt": 1})
     with pytest.raises(ConfigError, match="wrt must be one of"):
         get_weighting("gradnorm", {"wrt": "shraed"})

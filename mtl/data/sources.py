@@ -28,6 +28,7 @@ def omniglot_alphabets(
     splits: Sequence[str] = ("small1", "small2"),
     image_size: int = 28,
     test_drawers: Sequence[int] = (16, 17, 18, 19, 20),
+    rotation: bool = False,
 ) -> MultiTaskData:
     """Omniglot with one task per alphabet: classify the character within the alphabet.
 
@@ -38,6 +39,8 @@ def omniglot_alphabets(
       splits: which zips to use (`small1`, `small2`, `train` = background, `test` = evaluation).
       image_size: side of the square images after resizing (MAML uses 28).
       test_drawers: the drawers (1..20) whose drawings form the test set.
+      rotation: add the self-supervised rotation-prediction task (label field "rotation",
+        see `mtl.data.rotation`) to both splits.
     """
     from mtl.data import omniglot  # imports TensorFlow: only when this source is used
 
@@ -48,6 +51,10 @@ def omniglot_alphabets(
         image_size=image_size,
     )
     train, test, _ = omniglot.alphabet_tasks(images, test_drawers)
+    if rotation:
+        from mtl.data.rotation import add_rotation_task
+
+        train, test = add_rotation_task(train, seed=0), add_rotation_task(test, seed=1)
     return MultiTaskData(train, test)
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 from absl import logging
 
 from mtl import checkpoint, optim, parallel, preemption
@@ -68,8 +69,14 @@ def evaluate(eval_step, state, data: arrays.ArrayDataset, batch_size: int, shard
     }
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
-    """Trains (or resumes) a multi-task model and returns per-task test metrics."""
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, *, steps_fn=make_steps
+) -> dict[str, dict]:
+    """Trains (or resumes) a multi-task model and returns per-task test metrics.
+
+    `steps_fn(model, tasks, optimizer, weighting, seed) -> Steps` builds the pure steps; other
+    trainers pass a wrapper of `make_steps` (e.g. `mtl.train.affinity` adds an accumulator).
+    """
     tasks, weighting = validate(config)
     data = load_data(config, tasks)
     mesh = parallel.make_mesh(config.get("mesh"))
@@ -80,7 +87,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     input_shape = data.train["inputs"].shape[1:]
     model = build_model(config.model, tasks, input_shape, config.seed)
     optimizer = optim.make_optimizer(config.optimizer, config.num_steps)
-    steps = make_steps(model, tasks, optimizer, weighting, config.seed)
+    steps = steps_fn(model, tasks, optimizer, weighting, config.seed)
 
     state_sharding = parallel.replicated(mesh)
     data_sharding = parallel.batch_sharding(mesh)
@@ -182,9 +189,16 @@ def _report(results: Mapping[str, Mapping[str, float]], workdir: str, writer, st
 
 def final_params(workdir: str) -> Any:
     """The parameters of the newest checkpoint in `workdir` (host arrays), for inspection."""
+    return final_state(workdir)["params"]
+
+
+def final_state(workdir: str) -> Any:
+    """The whole train state of the newest checkpoint in `workdir` (host arrays)."""
     manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"), every=1, keep=1)
     try:
-        restored = manager.restore(manager.latest_step())
+        # Without a template Orbax needs to be told the item's handler.
+        restored = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore())
     finally:
         manager.close()
-    return jax.tree_util.tree_map(np.asarray, restored["params"])
+    host = lambda a: a if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key) else np.asarray(a)  # noqa: E731
+    return jax.tree_util.tree_map(host, restored)

@@ -38,6 +38,9 @@ class Steps(NamedTuple):
     init: Any  # () -> state
     train_step: Any  # (state, batch) -> (state, metrics)
     eval_step: Any  # (state, batch) -> {task: {metric: sum, "count": n}}
+    # (params, model_state, batch, train) -> TaskObjective: for steps that wrap these
+    # (task affinity, distillation) and need the same split of the model.
+    objective: Any = None
 
 
 def make_steps(
@@ -46,8 +49,17 @@ def make_steps(
     optimizer: optax.GradientTransformation,
     weighting: Weighting,
     seed: int,
+    task_loss: Any = None,
 ) -> Steps:
-    """Pure init / train / eval functions for `model` trained on `tasks`."""
+    """Pure init / train / eval functions for `model` trained on `tasks`.
+
+    `task_loss(task, outputs, batch) -> scalar` replaces `task.loss_fn` on the task's labels
+    (distillation reads the teacher's outputs from the batch); None keeps the task's own loss.
+    """
+    if task_loss is None:
+        task_loss = lambda t, out, batch: t.loss_fn(  # noqa: E731
+            out, batch["labels"][t.label], batch["masks"][t.label]
+        )
     trunk, trunk_params, trunk_state = PureModule.split(model.trunk)
     heads = {}
     head_params = {}
@@ -74,12 +86,7 @@ def make_steps(
 
         def task_losses(task_params, z):
             outputs = {t.name: heads[t.name].apply(task_params[t.name], {}, z)[0] for t in tasks}
-            losses = jnp.stack(
-                [
-                    t.loss_fn(outputs[t.name], batch["labels"][t.label], batch["masks"][t.label])
-                    for t in tasks
-                ]
-            )
+            losses = jnp.stack([task_loss(t, outputs[t.name], batch) for t in tasks])
             return losses, outputs
 
         return TaskObjective(params["trunk"], params["heads"], representation, task_losses)
@@ -139,4 +146,4 @@ def make_steps(
             for t in tasks
         }
 
-    return Steps(init, train_step, eval_step)
+    return Steps(init, train_step, eval_step, objective)

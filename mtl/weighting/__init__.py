@@ -10,19 +10,22 @@ here, registered below; `default_config()` picks up its defaults from its signat
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import ml_collections
 
-from mtl.errors import ConfigError
 from mtl.registry import Registry
+from mtl.weighting.aligned_mtl import aligned_mtl
 from mtl.weighting.base import TaskObjective, Update, Weighting
+from mtl.weighting.cagrad import cagrad
 from mtl.weighting.dwa import dwa
 from mtl.weighting.equal import equal
 from mtl.weighting.famo import famo
 from mtl.weighting.gradnorm import gradnorm
+from mtl.weighting.mgda import mgda
+from mtl.weighting.nash_mtl import nash_mtl
+from mtl.weighting.pcgrad import pcgrad
 from mtl.weighting.rlw import rlw
 from mtl.weighting.uncertainty import uncertainty
 
@@ -34,31 +37,13 @@ for _name, _factory in {
     "rlw": rlw,
     "gradnorm": gradnorm,
     "famo": famo,
+    "pcgrad": pcgrad,
+    "mgda": mgda,
+    "cagrad": cagrad,
+    "nash_mtl": nash_mtl,
+    "aligned_mtl": aligned_mtl,
 }.items():
     WEIGHTINGS.register(_name)(_factory)
-
-
-def _defaults(factory: Callable[..., Weighting]) -> dict[str, Any]:
-    return {p.name: p.default for p in inspect.signature(factory).parameters.values()}
-
-
-def _checked(name: str, key: str, value: Any, default: Any) -> Any:
-    """`value` if it has the type of `default` (an int is accepted for a float), else raise."""
-    if isinstance(default, bool):
-        ok = isinstance(value, bool)
-    elif isinstance(default, float):
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-        value = float(value) if ok else value
-    elif isinstance(default, int):
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    else:
-        ok = default is None or isinstance(value, type(default))
-    if not ok:
-        raise ConfigError(
-            f"weighting {name!r}: option {key!r} must be a {type(default).__name__}, "
-            f"got {value!r} ({type(value).__name__})."
-        )
-    return value
 
 
 def get_weighting(name: str, config: Mapping[str, Any] | None = None) -> Weighting:
@@ -68,22 +53,7 @@ def get_weighting(name: str, config: Mapping[str, Any] | None = None) -> Weighti
     method does not take or of the wrong type (naming the accepted ones).
     """
     factory = WEIGHTINGS.get(name, field="weighting.name")
-    if config is None:
-        options = {}
-    elif isinstance(config, ml_collections.ConfigDict):
-        options = config.to_dict()
-    else:
-        options = dict(config)
-    defaults = _defaults(factory)
-    unknown = sorted(set(options) - set(defaults))
-    if unknown:
-        accepted = ", ".join(f"{k}={v!r}" for k, v in defaults.items()) or "none"
-        raise ConfigError(
-            f"weighting {name!r} has no option(s) {', '.join(map(repr, unknown))}. "
-            f"Accepted (with defaults): {accepted}."
-        )
-    options = {k: _checked(name, k, v, defaults[k]) for k, v in options.items()}
-    return factory(**options)
+    return factory(**WEIGHTINGS.options_from(name, config, field=f"weighting.{name}"))
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -93,11 +63,7 @@ def default_config() -> ml_collections.ConfigDict:
     --config.weighting.dwa.temperature=3`, then build with
     `get_weighting(cfg.name, cfg.get(cfg.name))`.
     """
-    config = ml_collections.ConfigDict()
-    config.name = "equal"
-    for name in WEIGHTINGS:
-        config[name] = _defaults(WEIGHTINGS.get(name))
-    return config
+    return WEIGHTINGS.default_config("equal")
 
 
 __all__ = [
@@ -105,12 +71,17 @@ __all__ = [
     "TaskObjective",
     "Update",
     "Weighting",
+    "aligned_mtl",
+    "cagrad",
     "default_config",
     "dwa",
     "equal",
     "famo",
     "get_weighting",
     "gradnorm",
+    "mgda",
+    "nash_mtl",
+    "pcgrad",
     "rlw",
     "uncertainty",
 ]

@@ -1,0 +1,283 @@
+"""Multi-task train-step time of each gradient method, ours against PyTorch, in one process.
+
+Six tasks on a conv4 trunk (Omniglot-sized 28x28 images, every example labelled for one task,
+as Omniglot-alphabets), Adam. Ours: the engine's jitted `train_step` (mtl/train/multitask_step)
+with each method from `mtl.weighting`; per-task gradients come from one `vmap` over a `vjp`.
+The peer: the same model in PyTorch, with the per-task gradients taken as LibMTL does (one
+`backward(retain_graph=True)` per task, shared gradients read and zeroed after each), the
+method's solve in torch / numpy / scipy as LibMTL writes it, then `optimizer.step()`.
+
+Rounds alternate between ours and the peer for every method, so both see the same machine
+load; the medians over rounds are printed, then the ratios.
+
+    .venv/bin/python -m benchmarks.mtl_step --rounds=5 --steps=10
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import jax
+import numpy as np
+import optax
+import scipy.optimize
+import torch
+from absl import app, flags
+
+from mtl.models import build_model, default_config
+from mtl.tasks import tasks_from_config
+from mtl.train.multitask_step import make_steps
+from mtl.weighting import get_weighting
+
+_ROUNDS = flags.DEFINE_integer("rounds", 5, "Timing rounds (medians are reported).")
+_STEPS = flags.DEFINE_integer("steps", 10, "Train steps per round and method.")
+_BATCH = flags.DEFINE_integer("batch_size", 96, "Global batch (split evenly over the tasks).")
+_FILTERS = flags.DEFINE_integer("filters", 64, "conv4 filters.")
+_TASKS = flags.DEFINE_integer("num_tasks", 6, "Number of tasks.")
+_CLASSES = 20
+
+# (label, our weighting name, its options, the peer's method)
+METHODS = [
+    ("equal", "equal", {}, "equal"),
+    ("pcgrad", "pcgrad", {}, "pcgrad"),
+    ("mgda-ub", "mgda", {"wrt": "representation"}, "mgda_ub"),
+    ("cagrad", "cagrad", {}, "cagrad"),
+    ("nash_mtl", "nash_mtl", {}, "nash_mtl"),
+    ("aligned_mtl", "aligned_mtl", {}, "aligned_mtl"),
+    ("pcgrad (wrt=representation)", "pcgrad", {"wrt": "representation"}, None),
+]
+
+
+def make_batch(num_tasks: int, batch: int, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    owner = np.arange(batch) % num_tasks
+    labels, masks = {}, {}
+    for t in range(num_tasks):
+        masks[f"t{t}"] = owner == t
+        labels[f"t{t}"] = np.where(owner == t, rng.integers(0, _CLASSES, batch), -1).astype(
+            np.int32
+        )
+    images = rng.random((batch, 28, 28, 1), dtype=np.float32)
+    return {"inputs": images, "labels": labels, "masks": masks}
+
+
+# --- ours ------------------------------------------------------------------------------------
+
+
+def ours(name: str, options: dict, batch: dict, num_tasks: int):
+    tasks = tasks_from_config(
+        {f"t{t}": dict(head="classification", num_outputs=_CLASSES) for t in range(num_tasks)}
+    )
+    config = default_config()
+    config.conv4.filters = _FILTERS.value
+    model = build_model(config, tasks, (28, 28, 1), seed=0)
+    steps = make_steps(model, tasks, optax.adam(1e-3), get_weighting(name, options), seed=0)
+    train_step = jax.jit(steps.train_step, donate_argnums=0)
+    state = jax.jit(steps.init)()
+    batch = jax.device_put(batch)
+    state, metrics = train_step(state, batch)  # compile
+    jax.block_until_ready(metrics)
+
+    def run(n: int) -> float:
+        nonlocal state
+        start = time.perf_counter()
+        for _ in range(n):
+            state, metrics = train_step(state, batch)
+        jax.block_until_ready(metrics)
+        return (time.perf_counter() - start) / n
+
+    return run
+
+
+# --- the PyTorch peer ------------------------------------------------------------------------
+
+
+class TorchConv4(torch.nn.Module):
+    def __init__(self, filters: int):
+        super().__init__()
+        layers, cin = [], 1
+        for _ in range(4):
+            layers += [
+                torch.nn.Conv2d(cin, filters, 3, stride=2, padding=1),
+                torch.nn.BatchNorm2d(filters),
+                torch.nn.ReLU(),
+            ]
+            cin = filters
+        self.body = torch.nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.body(x).mean(dim=(2, 3))
+
+
+def _pcgrad(grads: torch.Tensor) -> torch.Tensor:  # LibMTL PCGrad.backward
+    pc = grads.clone()
+    for i in range(len(grads)):
+        order = list(np.random.permutation(len(grads)))
+        for j in order:
+            dot = torch.dot(pc[i], grads[j])
+            if dot < 0:
+                pc[i] -= dot * grads[j] / (grads[j].norm().pow(2) + 1e-8)
+    return pc.sum(0)
+
+
+def _min_norm(k: np.ndarray, iters: int = 250) -> np.ndarray:
+    """LibMTL's `_find_min_norm_element` is a projected-gradient loop on the host; same here."""
+    w = np.full(len(k), 1.0 / len(k))
+    step = 1.0 / max(np.linalg.eigvalsh(k)[-1], 1e-12)
+    for _ in range(iters):
+        v = w - step * (k @ w)
+        u = np.sort(v)[::-1]
+        css = np.cumsum(u) - 1
+        rho = np.nonzero(u - css / np.arange(1, len(u) + 1) > 0)[0][-1]
+        w = np.maximum(v - css[rho] / (rho + 1), 0)
+    return w
+
+
+def _cagrad(grads: torch.Tensor, calpha=0.5) -> torch.Tensor:  # LibMTL CAGrad.backward
+    gg = (grads @ grads.t()).numpy().astype(np.float64)
+    num = len(gg)
+    b = np.ones(num) / num
+    c = calpha * np.sqrt(gg.mean() + 1e-8) + 1e-8
+    res = scipy.optimize.minimize(
+        lambda x: x @ gg @ b + c * np.sqrt(x @ gg @ x + 1e-8),
+        b,
+        bounds=[(0, 1)] * num,
+        constraints={"type": "eq", "fun": lambda x: 1 - sum(x)},
+    )
+    gw = (grads * torch.tensor(res.x, dtype=grads.dtype)[:, None]).sum(0)
+    return (grads.mean(0) + c / (gw.norm() + 1e-8) * gw) / (1 + calpha**2)
+
+
+def _nash(grads: torch.Tensor) -> torch.Tensor:
+    """Nash-MTL's weights (K alpha = 1/alpha); the official cvxpy solve is replaced by scipy's
+    L-BFGS-B on the same convex potential (cvxpy is not installed here)."""
+    k = (grads @ grads.t()).numpy().astype(np.float64)
+    k = k / np.linalg.norm(k)
+    alpha = scipy.optimize.minimize(
+        lambda a: 0.5 * a @ k @ a - np.sum(np.log(a)),
+        np.ones(len(k)),
+        jac=lambda a: k @ a - 1 / a,
+        bounds=[(1e-9, None)] * len(k),
+        method="L-BFGS-B",
+    ).x
+    return (torch.tensor(alpha, dtype=grads.dtype)[:, None] * grads).sum(0)
+
+
+def _aligned(grads: torch.Tensor) -> torch.Tensor:  # LibMTL Aligned_MTL.backward
+    m = grads @ grads.t()
+    lam, v = torch.linalg.eigh(m)
+    tol = lam.max() * max(m.shape) * torch.finfo().eps
+    rank = int((lam > tol).sum())
+    order = torch.argsort(lam, descending=True)
+    lam, v = lam[order][:rank], v[:, order][:, :rank]
+    b = lam[-1].sqrt() * ((v @ torch.diag(1 / lam.sqrt())) @ v.t())
+    return (b.sum(0)[:, None] * grads).sum(0)
+
+
+SOLVES = {"pcgrad": _pcgrad, "cagrad": _cagrad, "nash_mtl": _nash, "aligned_mtl": _aligned}
+
+
+def peer(method: str, batch: dict, num_tasks: int):
+    torch.manual_seed(0)
+    trunk = TorchConv4(_FILTERS.value)
+    heads = torch.nn.ModuleList(
+        [torch.nn.Linear(_FILTERS.value, _CLASSES) for _ in range(num_tasks)]
+    )
+    shared = list(trunk.parameters())
+    opt = torch.optim.Adam(list(shared) + list(heads.parameters()), lr=1e-3)
+    x = torch.from_numpy(np.ascontiguousarray(batch["inputs"].transpose(0, 3, 1, 2)))
+    ys = [torch.from_numpy(batch["labels"][f"t{t}"]).long() for t in range(num_tasks)]
+    ms = [torch.from_numpy(batch["masks"][f"t{t}"]) for t in range(num_tasks)]
+
+    def losses_of(z):
+        return [
+            torch.nn.functional.cross_entropy(heads[t](z[ms[t]]), ys[t][ms[t]])
+            for t in range(num_tasks)
+        ]
+
+    def step():
+        opt.zero_grad()
+        if method == "equal":
+            sum(losses_of(trunk(x))).backward()
+        elif method == "mgda_ub":  # LibMTL rep_grad: gradients at a detached representation
+            z = trunk(x)
+            rep = z.detach().requires_grad_(True)
+            losses = losses_of(rep)
+            zg = []
+            for t, loss in enumerate(losses):
+                loss.backward(retain_graph=t + 1 < num_tasks)
+                zg.append(rep.grad.clone().reshape(-1))
+                rep.grad.zero_()
+            zg = torch.stack(zg)
+            w = _min_norm((zg @ zg.t()).numpy().astype(np.float64))
+            z.backward((torch.tensor(w, dtype=zg.dtype)[:, None] * zg).sum(0).reshape(z.shape))
+        else:  # LibMTL mode='backward': one backward pass per task
+            losses = losses_of(trunk(x))
+            grads = []
+            for t, loss in enumerate(losses):
+                loss.backward(retain_graph=t + 1 < num_tasks)
+                grads.append(torch.cat([p.grad.reshape(-1) for p in shared]))
+                for p in shared:
+                    p.grad.zero_()
+            new = SOLVES[method](torch.stack(grads))
+            offset = 0
+            for p in shared:
+                p.grad.copy_(new[offset : offset + p.numel()].reshape(p.shape))
+                offset += p.numel()
+        opt.step()
+
+    step()  # warm-up
+
+    def run(n: int) -> float:
+        start = time.perf_counter()
+        for _ in range(n):
+            step()
+        return (time.perf_counter() - start) / n
+
+    return run
+
+
+def main(argv):
+    del argv
+    num_tasks = _TASKS.value
+    batch = make_batch(num_tasks, _BATCH.value)
+    runners = []
+    for label, name, options, peer_method in METHODS:
+        runners.append(
+            (
+                label,
+                ours(name, options, batch, num_tasks),
+                peer(peer_method, batch, num_tasks) if peer_method else None,
+            )
+        )
+    times = {label: ([], []) for label, _, _ in runners}
+    for _ in range(_ROUNDS.value):
+        for label, run_ours, run_peer in runners:
+            times[label][0].append(run_ours(_STEPS.value))
+            if run_peer is not None:
+                times[label][1].append(run_peer(_STEPS.value))
+    med = {
+        k: (statistics.median(a), statistics.median(b) if b else None)
+        for k, (a, b) in times.items()
+    }
+    ours_eq, peer_eq = med["equal"]
+    print(
+        f"{num_tasks} tasks, conv4 ({_FILTERS.value} filters), batch {_BATCH.value}, "
+        f"{_ROUNDS.value} rounds x {_STEPS.value} steps, medians; torch threads "
+        f"{torch.get_num_threads()}, jax devices {jax.device_count()}"
+    )
+    print(
+        "| method | ours (ms) | ours / our equal | PyTorch (ms) | PyTorch / its equal "
+        "| PyTorch / ours |"
+    )
+    print("| --- | --- | --- | --- | --- | --- |")
+    for label, (o, p) in med.items():
+        peer_cells = (
+            f"{1e3 * p:.1f} | {p / peer_eq:.2f} | {p / o:.2f}" if p is not None else "- | - | -"
+        )
+        print(f"| {label} | {1e3 * o:.1f} | {o / ours_eq:.2f} | {peer_cells} |")
+
+
+if __name__ == "__main__":
+    app.run(main)

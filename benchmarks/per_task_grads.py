@@ -1,0 +1,82 @@
+"""Per-task gradients of a conv4 trunk: one `vmap` over the pullback against T pullbacks
+unrolled in the same jitted program, and one summed gradient for scale. Same model and batch
+as `benchmarks/mtl_step.py` (6 tasks, 64 filters, batch 96); medians over rounds.
+
+    .venv/bin/python -m benchmarks.per_task_grads --rounds=5
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+from absl import app
+
+# The same batch, and the same --rounds and --num_tasks flags, as the step benchmark.
+from benchmarks.mtl_step import _ROUNDS, _TASKS, make_batch
+from mtl.models import build_model, default_config
+from mtl.models.functional import PureModule
+from mtl.tasks import tasks_from_config
+
+
+def main(argv):
+    del argv
+    num = _TASKS.value
+    tasks = tasks_from_config(
+        {f"t{t}": dict(head="classification", num_outputs=20) for t in range(num)}
+    )
+    config = default_config()
+    config.conv4.filters = 64
+    model = build_model(config, tasks, (28, 28, 1), 0)
+    trunk, trunk_params, trunk_state = PureModule.split(model.trunk)
+    heads = {name: PureModule.split(head) for name, head in model.heads.items()}
+    head_params = {name: h[1] for name, h in heads.items()}
+    batch = jax.device_put(make_batch(num, 96))
+
+    def losses(shared, hp):
+        z, _ = trunk.apply(shared, trunk_state, batch["inputs"], train=True)
+        return jnp.stack(
+            [
+                t.loss_fn(
+                    heads[t.name][0].apply(hp[t.name], {}, z)[0],
+                    batch["labels"][t.name],
+                    batch["masks"][t.name],
+                )
+                for t in tasks
+            ]
+        )
+
+    def summed(s, hp):
+        return jax.grad(lambda s: jnp.sum(losses(s, hp)))(s)
+
+    def vmapped(s, hp):
+        _, pullback = jax.vjp(lambda s: losses(s, hp), s)
+        return jax.vmap(pullback)(jnp.eye(num))
+
+    def unrolled(s, hp):
+        _, pullback = jax.vjp(lambda s: losses(s, hp), s)
+        return [pullback(row) for row in jnp.eye(num)]
+
+    fns = {"summed (one gradient)": summed, "vmap over pullback": vmapped, "unrolled": unrolled}
+    fns = {k: jax.jit(f) for k, f in fns.items()}
+    for f in fns.values():
+        jax.block_until_ready(f(trunk_params, head_params))
+    times = {k: [] for k in fns}
+    for _ in range(_ROUNDS.value):
+        for k, f in fns.items():
+            start = time.perf_counter()
+            for _ in range(3):
+                out = f(trunk_params, head_params)
+            jax.block_until_ready(out)
+            times[k].append((time.perf_counter() - start) / 3)
+    base = statistics.median(times["summed (one gradient)"])
+    print(f"{num} tasks, conv4 64 filters, batch 96, medians of {_ROUNDS.value} rounds")
+    print("| computation | ms | / summed |\n| --- | --- | --- |")
+    for k, v in times.items():
+        print(f"| {k} | {1e3 * statistics.median(v):.1f} | {statistics.median(v) / base:.2f} |")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,128 @@
+"""Knowledge distillation as a multi-task run (`trainer="distill"`).
+
+The student is the model of the config; the teacher is the final checkpoint of another run,
+named by `config.teacher.workdir`, rebuilt from that run's `config.json`. The two may have any
+trunks (a conv4 teacher for an MLP student, a fine-tuned MiniLM for a smaller text trunk) but
+must share the classification tasks. Each train step runs the teacher (evaluation mode, no
+gradient) on the batch and trains the student on `mtl.transfer.distill.distillation_loss`
+(`config.distill.temperature`, `config.distill.alpha`), combined over tasks by the configured
+weighting. The teacher's parameters live in the train state (no optimizer state), so a
+stopped run resumes with the same command. Evaluation reads the student alone.
+
+    python -m launch.train --config=configs/omniglot_distill.py --workdir=/tmp/student \
+        --config.teacher.workdir=/tmp/teacher --config.data.data_dir=../shared/data/omniglot
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import ml_collections
+
+from mtl.data import sources
+from mtl.errors import ConfigError
+from mtl.models import build_model
+from mtl.models.functional import PureModule
+from mtl.tasks import tasks_from_config
+from mtl.train import multitask
+from mtl.train.multitask_step import Steps, make_steps
+from mtl.transfer import distill
+
+
+def default_config() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(dict(temperature=4.0, alpha=0.9))
+
+
+def load_teacher(workdir: str, input_shape, student_tasks):
+    """`(apply, variables)`: `apply(variables, inputs) -> {task: logits}` of the teacher run."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise ConfigError(
+            f"config.teacher.workdir={workdir!r} has no config.json: point it at the workdir "
+            "of a finished run (python -m launch.train ... --workdir=<teacher>)."
+        )
+    with open(path) as f:
+        teacher_config = ml_collections.ConfigDict(json.load(f))
+    tasks = tasks_from_config(teacher_config.tasks)
+    names = {t.name for t in tasks}
+    missing = [t.name for t in student_tasks if t.name not in names]
+    if missing:
+        raise ConfigError(
+            f"The teacher in {workdir} has no task(s) {', '.join(missing)}; its tasks are "
+            f"{', '.join(sorted(names))}. Distil only tasks the teacher was trained on."
+        )
+    bad = [t.name for t in student_tasks if t.head != "classification"]
+    if bad:
+        raise ConfigError(f"Distillation needs classification tasks; {', '.join(bad)} are not.")
+    model = build_model(teacher_config.model, tasks, input_shape, teacher_config.seed)
+    trunk, _, _ = PureModule.split(model.trunk)
+    heads = {name: PureModule.split(head)[0] for name, head in model.heads.items()}
+    state = multitask.final_state(workdir)
+    variables = {"params": state["params"], "model_state": state["model_state"]}
+
+    def apply(variables, inputs):
+        z, _ = trunk.apply(
+            variables["params"]["trunk"], variables["model_state"]["trunk"], inputs, train=False
+        )
+        return {
+            t.name: heads[t.name].apply(variables["params"]["heads"][t.name], {}, z)[0]
+            for t in student_tasks
+        }
+
+    return apply, variables
+
+
+def with_teacher(steps: Steps, apply, variables) -> Steps:
+    """`steps` whose state carries the teacher and whose batches get its outputs."""
+
+    def init():
+        return {**steps.init(), "teacher": variables}
+
+    def train_step(state, batch):
+        state = dict(state)
+        teacher = state.pop("teacher")
+        outputs = jax.lax.stop_gradient(apply(teacher, batch["inputs"]))
+        new_state, metrics = steps.train_step(state, {**batch, "teacher": outputs})
+        return {**new_state, "teacher": teacher}, metrics
+
+    def eval_step(state, batch):
+        return steps.eval_step({k: v for k, v in state.items() if k != "teacher"}, batch)
+
+    return Steps(init, train_step, eval_step, steps.objective)
+
+
+def distill_loss_fn(temperature: float, alpha: float):
+    """`task_loss` for `make_steps`: the distillation loss when the batch has the teacher's
+    outputs (training), the task's own loss otherwise (evaluation)."""
+
+    def task_loss(task, outputs, batch):
+        labels, mask = batch["labels"][task.label], batch["masks"][task.label]
+        if "teacher" not in batch:
+            return task.loss_fn(outputs, labels, mask)
+        teacher = batch["teacher"][task.name]
+        return distill.distillation_loss(task, outputs, teacher, labels, mask, temperature, alpha)
+
+    return task_loss
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
+    """The student's multi-task run of `config` with the teacher of `config.teacher.workdir`."""
+    teacher_dir = (config.get("teacher") or {}).get("workdir")
+    if not teacher_dir:
+        raise ConfigError("trainer=distill needs --config.teacher.workdir=<a finished run>.")
+    options = config.get("distill") or default_config()
+    temperature, alpha = float(options.temperature), float(options.alpha)
+    distill.check_options(temperature, alpha)
+    tasks = tasks_from_config(config.tasks)
+    input_shape = sources.load(config.data).train["inputs"].shape[1:]
+    apply, variables = load_teacher(teacher_dir, input_shape, tasks)
+
+    def steps_fn(model, tasks, optimizer, weighting, seed):
+        steps = make_steps(
+            model, tasks, optimizer, weighting, seed, distill_loss_fn(temperature, alpha)
+        )
+        return with_teacher(steps, apply, variables)
+
+    return multitask.train_and_evaluate(config, workdir, steps_fn=steps_fn)

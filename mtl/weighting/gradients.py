@@ -1,0 +1,111 @@
+"""Shared plumbing of the per-task-gradient methods (PCGrad, MGDA-UB, CAGrad, Nash-MTL, Aligned).
+
+Every one of these methods, as published, returns a shared-parameter gradient that is a linear
+combination `sum_t w_t g_t` of the per-task gradients `g_t` (PCGrad's projections subtract
+multiples of other tasks' gradients; CAGrad adds a multiple of `G^T w` to the mean). The
+weights depend on the gradients only through their Gram matrix `K = G G^T` [T, T]. So a method
+is a `solve(K, losses, state, rng) -> (weights, state)` on a T x T matrix, and this module does
+the rest once:
+
+  * `wrt="shared"`: `g_t` are the gradients of the shared parameters, from one `vmap` over a
+    `vjp` (`base.per_task_shared_grads`); `K` is contracted leaf by leaf (no [T, P] copy) and
+    the combination is one `tensordot` per leaf.
+  * `wrt="representation"`: `g_t` are the gradients at the shared representation `z` (the "UB"
+    variants of Sener & Koltun 2018): T cheap passes through the heads, then ONE backward pass
+    through the trunk with the cotangent `sum_t w_t dL_t/dz`.
+
+The heads get the plain gradient of their own loss, as in the papers and LibMTL (each head's
+parameters see one task only, so there is nothing to combine).
+
+Sharding: `K` is a full contraction over parameters (replicated) or over the batch axis of `z`
+(sharded over `data`); under `jax.jit` XLA inserts the all-reduce, so the weights are those of
+the global batch on any mesh (tested on 8 fake devices).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from mtl.errors import ConfigError
+from mtl.weighting import base
+
+PyTree = Any
+WRT = ("shared", "representation")
+# (gram [T, T] float32, losses [T] float32, state, rng) -> (weights [T], state)
+Solve = Callable[[jax.Array, jax.Array, PyTree, jax.Array], tuple[jax.Array, PyTree]]
+
+
+def check_wrt(method: str, wrt: str) -> None:
+    if wrt not in WRT:
+        raise ConfigError(
+            f"{method}: wrt must be one of {WRT}, got {wrt!r} "
+            f"(config field weighting.{method}.wrt)."
+        )
+
+
+def gram(per_task: PyTree) -> jax.Array:
+    """`K[s, t] = <g_s, g_t>` in float32 for a pytree whose leaves have a leading task axis."""
+    total = None
+    for leaf in jax.tree_util.tree_leaves(per_task):
+        flat = leaf.reshape(leaf.shape[0], -1).astype(jnp.float32)
+        k = flat @ flat.T
+        total = k if total is None else total + k
+    return total
+
+
+def combine(weights: jax.Array, per_task: PyTree) -> PyTree:
+    """`sum_t weights[t] * g_t` leaf by leaf, in each leaf's dtype."""
+    return jax.tree.map(
+        lambda g: jnp.tensordot(weights.astype(g.dtype), g, axes=1).astype(g.dtype), per_task
+    )
+
+
+def _shared_route(objective: base.TaskObjective, solve: Solve, state, rng):
+    shared_grads, task_grads, update = base.per_task_shared_grads(objective)
+    losses = jax.lax.stop_gradient(update.losses).astype(jnp.float32)
+    weights, state = solve(gram(shared_grads), losses, state, rng)
+    weights = jax.lax.stop_gradient(weights)
+    update = update._replace(
+        shared_grads=combine(weights, shared_grads), task_grads=task_grads, weights=weights
+    )
+    return update, state
+
+
+def _representation_route(objective: base.TaskObjective, solve: Solve, state, rng):
+    z, rep_pullback, rep_aux = jax.vjp(objective.representation, objective.shared, has_aux=True)
+    losses, head_pullback, task_aux = jax.vjp(
+        objective.task_losses, objective.task_specific, z, has_aux=True
+    )
+    num_tasks = losses.shape[0]
+    # Per-task gradients at z: T pullbacks through the heads only, vectorised.
+    _, z_grads = jax.vmap(head_pullback)(jnp.eye(num_tasks, dtype=losses.dtype))
+    task_grads, _ = head_pullback(jnp.ones_like(losses))
+    weights, state = solve(
+        gram(z_grads), jax.lax.stop_gradient(losses).astype(jnp.float32), state, rng
+    )
+    weights = jax.lax.stop_gradient(weights)
+    # One backward pass through the trunk with the combined cotangent.
+    (shared_grads,) = rep_pullback(combine(weights, z_grads))
+    update = base.Update(shared_grads, task_grads, losses, weights, rep_aux, task_aux)
+    return update, state
+
+
+def gradient_method(
+    init: Callable[[int], PyTree], solve: Solve, wrt: str = "shared"
+) -> base.Weighting:
+    """A `Weighting` whose shared gradient is `sum_t w_t g_t` with `w = solve(K, ...)`."""
+    route = _shared_route if wrt == "shared" else _representation_route
+
+    def update(objective: base.TaskObjective, state: PyTree, rng: jax.Array):
+        return route(objective, solve, state, rng)
+
+    return base.Weighting(init, update)
+
+
+def no_state(num_tasks: int) -> tuple:
+    del num_tasks
+    return ()
