@@ -121,5 +121,5 @@ def test_bad_config_fails_before_building(tmp_path, monkeypatch, override, messa
 def test_unknown_data_option_is_named(tmp_path):
     config = tiny_config()
     config.data.amplitud = (0.1, 5.0)
-    with pytest.raises(ConfigError, match=r"no option\(s\) amplitud.*amplitude"):
+    with pytest.raises(ConfigError, match=r"no option\(s\) 'amplitud'.*amplitude="):
         meta_train.train_and_evaluate(config, str(tmp_path))
