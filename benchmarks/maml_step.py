@@ -33,6 +33,7 @@ from mtl import parallel
 from mtl.meta import maml
 from mtl.meta import model as mm
 from mtl.models import default_config
+from mtl.models.conv_ops import same_pads
 from mtl.train.meta import make_train_step
 
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "Timing rounds (medians are reported).")
@@ -44,30 +45,35 @@ WAYS, SHOTS, QUERIES, META_BATCH, FILTERS, SIZE = 5, 1, 15, 32, 64, 28
 INNER_LR, META_LR = 0.4, 1e-3
 
 
-def make_episodes(seed: int = 0) -> dict:
+def make_episodes(seed: int = 0, tasks: int = META_BATCH, queries: int = QUERIES) -> dict:
     """Random images and labels of the benchmark's shapes: x [B, n, 28, 28, 1], y [B, n]."""
     rng = np.random.default_rng(seed)
 
     def part(per_class):
         n = WAYS * per_class
-        x = rng.random((META_BATCH, n, SIZE, SIZE, 1), dtype=np.float32)
-        y = np.tile(np.repeat(np.arange(WAYS, dtype=np.int32), per_class), (META_BATCH, 1))
+        x = rng.random((tasks, n, SIZE, SIZE, 1), dtype=np.float32)
+        y = np.tile(np.repeat(np.arange(WAYS, dtype=np.int32), per_class), (tasks, 1))
         return {"x": x, "y": y}
 
-    return {"support": part(SHOTS), "query": part(QUERIES)}
+    return {"support": part(SHOTS), "query": part(queries)}
 
 
 # ---- ours ------------------------------------------------------------------------------------
-def ours(conv: str, episodes: dict):
-    """`(compile_seconds, step)`: our jitted meta-step on one device, compiled."""
+def our_learner(conv: str, filters: int = FILTERS):
+    """`(learner, meta_params, bn_state)`: second-order MAML, one inner step, on conv4."""
     config = default_config()
     config.trunk = "conv4"
-    config.conv4.update(filters=FILTERS, downsample="stride", pooling="mean", conv=conv)
+    config.conv4.update(filters=filters, downsample="stride", pooling="mean", conv=conv)
     model, params, state = mm.build(config, "classification", WAYS, (SIZE, SIZE, 1), seed=0)
-    opts = maml.MamlOptions(inner_lr=INNER_LR, inner_steps=1)
-    learner = maml.build(model, params, state, opts)
-    tx = optax.adam(META_LR)
+    learner = maml.build(model, params, state, maml.MamlOptions(inner_lr=INNER_LR))
     meta, mstate = learner.init(params, state)
+    return learner, meta, mstate
+
+
+def ours(conv: str, episodes: dict):
+    """`(compile_seconds, step)`: our jitted meta-step on one device, compiled."""
+    learner, meta, mstate = our_learner(conv)
+    tx = optax.adam(META_LR)
     train_state = {
         "step": np.int32(0),
         "meta": meta,
@@ -92,79 +98,107 @@ def ours(conv: str, episodes: dict):
 
 # ---- PyTorch ---------------------------------------------------------------------------------
 class TorchConv4(torch.nn.Module):
-    """MAML's Omniglot conv4 in PyTorch (NCHW)."""
+    """MAML's Omniglot conv4 in PyTorch (NCHW), padded as XLA's SAME so it matches ours."""
 
-    def __init__(self):
+    def __init__(self, filters: int = FILTERS, ways: int = WAYS):
         super().__init__()
-        layers, cin = [], 1
-        for _ in range(4):
-            layers += [
-                torch.nn.Conv2d(cin, FILTERS, 3, stride=2, padding=1),
-                torch.nn.BatchNorm2d(FILTERS, momentum=0.1),
-                torch.nn.ReLU(),
-            ]
-            cin = FILTERS
-        self.features = torch.nn.Sequential(*layers)
-        self.head = torch.nn.Linear(FILTERS, WAYS)
+        self.convs = torch.nn.ModuleList(
+            torch.nn.Conv2d(cin, filters, 3, stride=2) for cin in (1, filters, filters, filters)
+        )
+        # Flax's BatchNorm: epsilon 1e-5, running average decay 0.9 (torch's momentum 0.1).
+        self.norms = torch.nn.ModuleList(
+            torch.nn.BatchNorm2d(filters, momentum=0.1) for _ in range(4)
+        )
+        self.head = torch.nn.Linear(filters, ways)
 
     def forward(self, x):
-        return self.head(self.features(x).mean(dim=(2, 3)))
+        for conv, norm in zip(self.convs, self.norms, strict=True):
+            (top, bottom), (left, right) = (same_pads(n, 3, 2) for n in x.shape[2:])
+            x = torch.relu(norm(conv(torch.nn.functional.pad(x, (left, right, top, bottom)))))
+        return self.head(x.mean(dim=(2, 3)))
+
+    @torch.no_grad()
+    def load_jax(self, params: dict) -> TorchConv4:
+        """Copies our meta-parameters `{"trunk", "head"}` (Flax layouts) into this module."""
+        blocks = params["trunk"]["blocks"]
+        for i, (conv, norm) in enumerate(zip(self.convs, self.norms, strict=True)):
+            conv.weight.copy_(
+                torch.from_numpy(np.array(blocks[i]["conv"]["kernel"]).transpose(3, 2, 0, 1))
+            )
+            conv.bias.copy_(torch.from_numpy(np.array(blocks[i]["conv"]["bias"])))
+            norm.weight.copy_(torch.from_numpy(np.array(blocks[i]["norm"]["scale"])))
+            norm.bias.copy_(torch.from_numpy(np.array(blocks[i]["norm"]["bias"])))
+        self.head.weight.copy_(torch.from_numpy(np.array(params["head"]["out"]["kernel"]).T))
+        self.head.bias.copy_(torch.from_numpy(np.array(params["head"]["out"]["bias"])))
+        return self
 
 
 def torch_episodes(episodes: dict) -> dict:
     def conv(part):
-        x = torch.from_numpy(part["x"]).permute(0, 1, 4, 2, 3).contiguous()
-        return {"x": x, "y": torch.from_numpy(part["y"]).long()}
+        x = torch.from_numpy(np.array(part["x"])).permute(0, 1, 4, 2, 3).contiguous()
+        return {"x": x, "y": torch.from_numpy(np.array(part["y"])).long()}
 
     return {k: conv(v) for k, v in episodes.items()}
 
 
-def torch_func_step(episodes: dict):
-    """A meta-step with `torch.func`: per-task inner gradient, one meta-backward."""
-    model = TorchConv4()
-    opt = torch.optim.Adam(model.parameters(), lr=META_LR)
+def torch_func_meta_loss(model: TorchConv4, data: dict, inner_lr: float) -> torch.Tensor:
+    """Mean query loss after one inner step per task, differentiable to second order."""
     params = dict(model.named_parameters())
     buffers = dict(model.named_buffers())
     loss_fn = torch.nn.functional.cross_entropy
-    data = torch_episodes(episodes)
 
     def support_loss(p, b, x, y):
         # The BN buffers are an input, so that their running-average update is allowed.
         return loss_fn(torch.func.functional_call(model, (p, b), (x,)), y)
 
     inner_grad = torch.func.grad(support_loss)
+    tasks = data["support"]["x"].shape[0]
+    total = 0.0
+    for t in range(tasks):
+        grads = inner_grad(params, buffers, data["support"]["x"][t], data["support"]["y"][t])
+        fast = {k: params[k] - inner_lr * grads[k] for k in params}
+        out = torch.func.functional_call(model, (fast, buffers), (data["query"]["x"][t],))
+        total = total + loss_fn(out, data["query"]["y"][t])
+    return total / tasks
+
+
+def torch_func_step(episodes: dict):
+    """A meta-step with `torch.func`: per-task inner gradient, one meta-backward."""
+    model = TorchConv4()
+    opt = torch.optim.Adam(model.parameters(), lr=META_LR)
+    data = torch_episodes(episodes)
 
     def run():
         opt.zero_grad()
-        total = 0.0
-        for t in range(META_BATCH):
-            grads = inner_grad(params, buffers, data["support"]["x"][t], data["support"]["y"][t])
-            fast = {k: params[k] - INNER_LR * grads[k] for k in params}
-            out = torch.func.functional_call(model, (fast, buffers), (data["query"]["x"][t],))
-            total = total + loss_fn(out, data["query"]["y"][t])
-        (total / META_BATCH).backward()
+        torch_func_meta_loss(model, data, INNER_LR).backward()
         opt.step()
 
     return run
 
 
-def higher_step(episodes: dict):
-    """A meta-step as `higher`'s MAML example writes it: one backward per task."""
+def higher_meta_backward(model: TorchConv4, data: dict, inner_lr: float) -> None:
+    """Meta-gradients into `.grad`, as `higher`'s MAML example: one backward per task."""
     import higher
 
+    inner_opt = torch.optim.SGD(model.parameters(), lr=inner_lr)
+    loss_fn = torch.nn.functional.cross_entropy
+    tasks = data["support"]["x"].shape[0]
+    for t in range(tasks):
+        with higher.innerloop_ctx(model, inner_opt, copy_initial_weights=False) as (f, diff):
+            diff.step(loss_fn(f(data["support"]["x"][t]), data["support"]["y"][t]))
+            loss = loss_fn(f(data["query"]["x"][t]), data["query"]["y"][t]) / tasks
+            loss.backward()
+
+
+def higher_step(episodes: dict):
+    """A meta-step with `higher`."""
     model = TorchConv4()
     opt = torch.optim.Adam(model.parameters(), lr=META_LR)
-    inner_opt = torch.optim.SGD(model.parameters(), lr=INNER_LR)
-    loss_fn = torch.nn.functional.cross_entropy
     data = torch_episodes(episodes)
 
     def run():
         opt.zero_grad()
-        for t in range(META_BATCH):
-            with higher.innerloop_ctx(model, inner_opt, copy_initial_weights=False) as (f, diff):
-                diff.step(loss_fn(f(data["support"]["x"][t]), data["support"]["y"][t]))
-                loss = loss_fn(f(data["query"]["x"][t]), data["query"]["y"][t]) / META_BATCH
-                loss.backward()
+        higher_meta_backward(model, data, INNER_LR)
         opt.step()
 
     return run

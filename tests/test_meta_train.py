@@ -39,6 +39,8 @@ def test_run_writes_results_curve_and_plot(tmp_path):
     curve = results["test"]["5shot"]
     assert len(curve["mean"]) == 3 and len(curve["ci95"]) == 3 and curve["episodes"] == 16
     assert results["baseline"]["5shot"]["finetune_lr"] in (0.01, 0.02)
+    (line,) = [x for x in meta_train._comparison(results) if "5shot" in x]
+    assert "after 2 steps (pretrained fine-tuned at lr" in line
     assert (tmp_path / "adaptation.png").stat().st_size > 1000
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["test"]["5shot"]["mean"] == pytest.approx(curve["mean"])

@@ -421,6 +421,7 @@ def _report(results: dict, curves: dict, workdir: str, writer, step: int, kind: 
         for i, (mean, ci) in enumerate(zip(c["mean"], c["ci95"], strict=True)):
             scalars[f"test/{metric}/{key}/step_{i}"] = mean
             scalars[f"test/{metric}_ci95/{key}/step_{i}"] = ci
+    lines += _comparison(results)
     logging.info("\n".join(lines))
     writer.write(step, scalars)
     if jax.process_index() == 0:
@@ -432,6 +433,24 @@ def _report(results: dict, curves: dict, workdir: str, writer, step: int, kind: 
             ylabel=f"query {metric}",
             title=f"{results['method']}: meta-test {metric} after adaptation",
         )
+
+
+def _comparison(results: dict) -> list[str]:
+    """The paper's comparison: the learner against the joint baseline after the last step."""
+    if "baseline" not in results:
+        return []
+    lines = [f"{results['method']} against the model pretrained on all tasks (lower is better):"]
+    for setting, ours in results["test"].items():
+        base = results["baseline"].get(setting)
+        if base is None:
+            continue
+        better = results["method"] if ours["mean"][-1] < base["mean"][-1] else "pretrained"
+        lines.append(
+            f"  {setting}: {ours['mean'][-1]:.3f} +- {ours['ci95'][-1]:.3f} against "
+            f"{base['mean'][-1]:.3f} +- {base['ci95'][-1]:.3f} after {len(ours['mean']) - 1} "
+            f"steps (pretrained fine-tuned at lr {base['finetune_lr']:g}): {better} is better"
+        )
+    return lines
 
 
 def load_state(workdir: str) -> dict:
