@@ -16,7 +16,7 @@ def test_torch_peers_compute_our_meta_gradient():
 
     data = bench.torch_episodes(episodes)
     for peer in ("torch.func", "higher"):  # ours compiled once for both
-        model = bench.TorchConv4(filters=4).load_jax(meta["params"])
+        model = bench.TorchConv4(filters=4, same=True).load_jax(meta["params"])
         if peer == "torch.func":
             bench.torch_func_meta_loss(model, data, bench.INNER_LR).backward()
         else:
