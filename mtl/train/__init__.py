@@ -11,6 +11,7 @@ from mtl.errors import unknown_name
 TRAINERS: dict[str, str] = {
     "multitask": "mtl.train.multitask:train_and_evaluate",
     "finetune": "mtl.train.finetune:train_and_evaluate",
+    "meta": "mtl.train.meta:train_and_evaluate",
     "affinity": "mtl.train.affinity:train_and_evaluate",
     "distill": "mtl.train.distill:train_and_evaluate",
     "sequential": "mtl.train.sequential:train_and_evaluate",

@@ -4,6 +4,12 @@ Each block is a 3x3 convolution with `filters` channels, batch norm and ReLU, an
 resolution either with a stride-2 convolution (MAML's Omniglot setting) or with 2x2 max-pooling
 (its miniImageNet setting). On Omniglot MAML averages the last feature map over space, giving a
 `filters`-wide representation; `pooling="flatten"` keeps the spatial layout instead.
+
+`conv` picks how the convolutions are computed, not what they compute: `"xla"` calls
+`lax.conv_general_dilated` (fastest for one set of weights); `"matmul"` writes each convolution
+as shifted slices and one matmul (`mtl.models.conv_ops`), which stays fast when `jax.vmap` gives
+every task its own weights, as in the MAML inner loop on CPU. Parameters and outputs are the
+same in both forms, so checkpoints move freely between them.
 """
 
 from __future__ import annotations
@@ -16,20 +22,30 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mtl.errors import ConfigError
+from mtl.models.conv_ops import conv_matmul
 from mtl.models.trunks import TRUNKS
+
+CONV_IMPLS = ("xla", "matmul")
 
 
 class ConvBlock(nnx.Module):
     """3x3 conv -> batch norm -> ReLU, downsampling by 2 by stride or max-pool."""
 
-    def __init__(self, cin: int, cout: int, *, downsample: str, bn_momentum: float, rngs):
-        stride = 2 if downsample == "stride" else 1
-        self.conv = nnx.Conv(cin, cout, (3, 3), strides=stride, padding="SAME", rngs=rngs)
+    def __init__(
+        self, cin: int, cout: int, *, downsample: str, bn_momentum: float, conv: str, rngs
+    ):
+        self.stride = 2 if downsample == "stride" else 1
+        self.conv = nnx.Conv(cin, cout, (3, 3), strides=self.stride, padding="SAME", rngs=rngs)
         self.norm = nnx.BatchNorm(cout, momentum=bn_momentum, rngs=rngs)
         self.max_pool = downsample == "maxpool"
+        self.conv_impl = conv
 
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        h = nnx.relu(self.norm(self.conv(x), use_running_average=not train))
+        if self.conv_impl == "matmul":
+            h = conv_matmul(x, self.conv.kernel[...], self.conv.bias[...], self.stride)
+        else:
+            h = self.conv(x)
+        h = nnx.relu(self.norm(h, use_running_average=not train))
         if self.max_pool:
             h = nnx.max_pool(h, (2, 2), strides=(2, 2), padding="VALID")
         return h
@@ -47,6 +63,7 @@ class Conv4(nnx.Module):
         downsample: str = "stride",
         pooling: str = "mean",
         bn_momentum: float = 0.9,
+        conv: str = "xla",
         rngs: nnx.Rngs,
     ):
         if downsample not in ("stride", "maxpool"):
@@ -59,6 +76,11 @@ class Conv4(nnx.Module):
                 f"conv4 pooling must be 'mean' or 'flatten', got {pooling!r} "
                 "(config field model.conv4.pooling)."
             )
+        if conv not in CONV_IMPLS:
+            raise ConfigError(
+                f"conv4 conv must be one of {', '.join(CONV_IMPLS)}, got {conv!r} "
+                "(config field model.conv4.conv)."
+            )
         if len(input_shape) != 3:
             raise ConfigError(
                 f"conv4 needs images of shape (height, width, channels), got {tuple(input_shape)}."
@@ -67,7 +89,14 @@ class Conv4(nnx.Module):
         cins = [channels] + [filters] * 3
         self.blocks = nnx.List(
             [
-                ConvBlock(cin, filters, downsample=downsample, bn_momentum=bn_momentum, rngs=rngs)
+                ConvBlock(
+                    cin,
+                    filters,
+                    downsample=downsample,
+                    bn_momentum=bn_momentum,
+                    conv=conv,
+                    rngs=rngs,
+                )
                 for cin in cins
             ]
         )

@@ -1,0 +1,64 @@
+"""Blocks shared by the meta-learning configs (`configs/*_maml.py`, `*_protonets.py`, ...)."""
+
+import ml_collections
+
+from mtl import optim
+from mtl.models import default_config as model_config
+
+
+def meta_block(**overrides) -> ml_collections.ConfigDict:
+    """`config.meta`: the method and its options (see mtl/meta/maml.py for what they mean)."""
+    block = dict(
+        method="maml",  # maml | reptile | protonets
+        ways=5,
+        shots=1,
+        queries=15,  # per class
+        meta_batch=32,  # episodes per meta-step, split over the devices of the mesh
+        inner_lr=0.4,  # on the mean support loss
+        inner_steps=1,  # during meta-training
+        first_order=False,  # first-order MAML: no gradient through the inner gradients
+        adapt="all",  # all | head (ANIL)
+        learn_inner_lr="none",  # none | per_param (Meta-SGD) | per_layer_step (MAML++ LSLR)
+        multi_step_loss=False,  # MAML++: query loss after every inner step, annealed
+        msl_anneal_steps=0,  # steps over which the multi-step loss anneals to the last step
+        per_step_bn=False,  # MAML++: batch-norm weights and statistics per inner step
+        head_init="learned",  # learned | zero | proto (the last two work for any ways)
+        bn_test="batch",  # batch (transductive, as MAML) | running
+        remat=False,  # recompute inner-step activations in the backward pass (less memory)
+    )
+    block.update(overrides)
+    return ml_collections.ConfigDict(block)
+
+
+def eval_block(**overrides) -> ml_collections.ConfigDict:
+    """`config.eval`: held-out episodes scored after every inner step."""
+    block = dict(
+        episodes=600,
+        batch=40,  # episodes per compiled call, split over the devices
+        ways=(),  # () = meta.ways; ProtoNets and zero / proto heads take any number
+        shots=(),  # () = meta.shots
+        queries=15,
+        inner_steps=10,
+        seed=1234,
+        val_every=0,  # score `val_episodes` meta-val episodes every this many steps (0: never)
+        val_episodes=100,
+    )
+    block.update(overrides)
+    return ml_collections.ConfigDict(block)
+
+
+def base_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.trainer = "meta"
+    config.seed = 0
+    config.num_steps = 1000
+    config.log_every = 100
+    config.model = model_config()
+    config.model.head_hidden = ()
+    config.optimizer = optim.default_config()
+    config.checkpoint = ml_collections.ConfigDict(dict(every=1000, keep=2))
+    config.mesh = ml_collections.ConfigDict(dict(data=-1))
+    config.baseline = ml_collections.ConfigDict(
+        dict(joint=False, steps=0, learning_rate=1e-3, finetune_lrs=(0.01,))
+    )
+    return config

@@ -1,0 +1,214 @@
+"""Rapid adaptation from Python: load a meta-trained learner, adapt it, predict.
+
+    from mtl.meta.learner import load_learner
+
+    learner = load_learner("/tmp/omniglot_maml")        # a workdir of launch.train
+    adapted = learner.adapt(support_images, support_labels, steps=10)
+    labels = adapted.predict(query_images)              # in the support set's own labels
+
+Inputs are in the data set's own form and go through the preprocessing used in training:
+Omniglot images as read from the PNG files (105x105, bool or uint8, white background) are
+resized to the training size and inverted; sinusoid inputs are x values. Labels can be any
+integers (or strings); the number of distinct labels is the number of ways.
+
+Any number of ways works when the head is built per episode: ProtoNets, or MAML-family
+learners trained with `meta.head_init="zero"` or `"proto"`. A head meta-learned for N ways
+(`head_init="learned"`) cannot classify M != N classes, and `adapt` says so.
+
+Batch norm follows `meta.bn_test` of the training config: with "batch" (MAML's choice) each
+forward pass normalises with its own batch, so `predict` on a whole query set is what was
+evaluated; predictions of single examples then differ. With "running" each example is
+predicted on its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from mtl import checkpoint, optim
+from mtl.errors import ConfigError, DataError
+from mtl.meta import families, methods
+from mtl.meta import model as mm
+from mtl.meta.protonets import ProtoNet, proto_logits
+
+PyTree = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Learner:
+    """A meta-trained learner: its meta-parameters, BN state and how to adapt them."""
+
+    config: ml_collections.ConfigDict
+    method: Any  # a learner of mtl.meta.methods
+    meta: PyTree
+    model_state: PyTree
+    kind: str
+    preprocess: Callable[[np.ndarray], np.ndarray]
+    step: int
+
+    @property
+    def trained_ways(self) -> int:
+        return int(self.config.meta.ways)
+
+    def adapt(self, support_x, support_y, steps: int | None = None) -> AdaptedLearner:
+        """Adapts to a support set; `steps` defaults to the config's `eval.inner_steps`."""
+        x = jnp.asarray(self.preprocess(np.asarray(support_x)))
+        y_raw = np.asarray(support_y)
+        if len(y_raw) != len(x):
+            raise DataError(
+                f"{len(x)} support inputs but {len(y_raw)} labels; give one label each."
+            )
+        if self.kind == "classification":
+            classes, y = np.unique(y_raw, return_inverse=True)
+            y = jnp.asarray(y.reshape(-1).astype(np.int32))
+            self._check_ways(len(classes))
+        else:
+            classes, y = None, jnp.asarray(y_raw, jnp.float32).reshape(len(x), -1)
+        ways = 1 if classes is None else len(classes)
+        steps = int(self.config.eval.inner_steps if steps is None else steps)
+        support = {"x": x, "y": y}
+        if isinstance(self.method, ProtoNet):
+            return AdaptedLearner(self, support, None, ways, 0, classes)
+        if steps < 1:
+            raise ConfigError(f"adapt needs steps >= 1 for {self.config.meta.method}, got {steps}.")
+        fast = _adapt_jit(self.method, ways, steps, self._train_bn)(
+            self.meta, self.model_state, support
+        )
+        return AdaptedLearner(self, support, fast, ways, steps, classes)
+
+    @property
+    def _train_bn(self) -> bool:
+        default = "running" if isinstance(self.method, ProtoNet) else "batch"
+        return self.config.meta.get("bn_test", default) == "batch"
+
+    def _check_ways(self, ways: int) -> None:
+        if ways < 2:
+            raise DataError(f"A classification support set needs at least 2 classes, got {ways}.")
+        if isinstance(self.method, ProtoNet) or self.config.meta.head_init != "learned":
+            return
+        if ways != self.trained_ways:
+            raise ConfigError(
+                f"This learner's head was meta-learned for {self.trained_ways} ways "
+                f"(meta.head_init='learned'), so it cannot classify {ways} classes: its "
+                f"{self.trained_ways} outputs have no meaning beyond the episodes it was trained "
+                f"on. Give {self.trained_ways} classes, or use a learner whose head is built per "
+                "episode: train with --config.meta.head_init=zero or proto, or ProtoNets."
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class AdaptedLearner:
+    """A learner adapted to one support set."""
+
+    learner: Learner
+    support: dict
+    fast: PyTree | None  # adapted weights (None for ProtoNets)
+    ways: int
+    steps: int
+    classes: np.ndarray | None  # the support set's labels, index = output index
+
+    def outputs(self, query_x) -> np.ndarray:
+        """Logits [n, ways] (classification) or predictions [n, 1] (regression)."""
+        lr = self.learner
+        x = jnp.asarray(lr.preprocess(np.asarray(query_x)))
+        if isinstance(lr.method, ProtoNet):
+            out = _proto_jit(lr.method, self.ways, lr._train_bn)(
+                lr.meta, lr.model_state, self.support, x
+            )
+        else:
+            out = _forward_jit(lr.method, self.steps, lr._train_bn)(
+                lr.meta, lr.model_state, self.fast, x
+            )
+        return np.asarray(out)
+
+    def predict(self, query_x) -> np.ndarray:
+        """Labels (in the support set's labels) or regression values [n, 1]."""
+        out = self.outputs(query_x)
+        if self.classes is None:
+            return out
+        return self.classes[np.argmax(out, axis=-1)]
+
+
+_CACHE: dict = {}
+
+
+def _cached(key, make):
+    if key not in _CACHE:
+        _CACHE[key] = make()
+    return _CACHE[key]
+
+
+def _adapt_jit(method, ways, steps, train_bn):
+    def adapt(meta, state, support):
+        fast, _ = method.adapt(meta, state, support, ways=ways, steps=steps, train_bn=train_bn)
+        return fast
+
+    return _cached(("adapt", id(method), ways, steps, train_bn), lambda: jax.jit(adapt))
+
+
+def _forward_jit(method, steps, train_bn):
+    def forward(meta, state, fast, x):
+        return method.forward(meta, state, fast, x, steps, train_bn)[0]
+
+    return _cached(("forward", id(method), steps, train_bn), lambda: jax.jit(forward))
+
+
+def _proto_jit(method, ways, train_bn):
+    def logits(meta, state, support, x):
+        z_s, z_q, _ = method.embed_episode(meta, state, support["x"], x, train_bn)
+        return proto_logits(z_s, support["y"], z_q, ways)
+
+    return _cached(("proto", id(method), ways, train_bn), lambda: jax.jit(logits))
+
+
+def load_learner(workdir: str, *, step: int | None = None) -> Learner:
+    """The learner of a `launch.train` workdir, from its config.json and newest checkpoint.
+
+    The data set is not loaded: only what its inputs look like (for the preprocessing).
+    """
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{workdir} has no config.json: is it a launch.train workdir?")
+    with open(path) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    if config.get("trainer") != "meta":
+        raise ConfigError(f"{workdir} holds a {config.get('trainer')!r} run, not a meta-learner.")
+    kind, input_shape, preprocess = families.describe(config.data)
+    m = config.meta
+    model, params, model_state = mm.build(
+        config.model, kind, methods.num_outputs(m, kind), input_shape, config.seed
+    )
+    method = methods.build(m, model, params, model_state)
+    optimizer = optim.make_optimizer(config.optimizer, config.num_steps)
+    meta, mstate = method.init(params, model_state)
+    template = {
+        "step": jnp.zeros((), jnp.int32),
+        "meta": meta,
+        "model_state": mstate,
+        "opt_state": optimizer.init(meta),
+        "nonfinite": jnp.int32(-1),
+    }
+    manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"), every=1, keep=1)
+    try:
+        chosen = manager.latest_step() if step is None else step
+        if chosen is None:
+            raise FileNotFoundError(f"{workdir}/checkpoints holds no checkpoint yet.")
+        from orbax.checkpoint import args as ocp_args
+
+        state = manager.restore(
+            chosen, args=ocp_args.StandardRestore(checkpoint.abstract_like(template))
+        )
+    finally:
+        manager.close()
+    return Learner(
+        config, method, state["meta"], state["model_state"], kind, preprocess, int(chosen)
+    )
