@@ -1,7 +1,8 @@
 """Two real processes on 127.0.0.1 (CPU collectives through gloo) form one run.
 
-They train, stop on SIGTERM at the same step, save one Orbax checkpoint together, resume from
-it, and end with the parameters of a single process on a mesh of the same shape.
+They train (the multi-task loop, then sinusoid MAML), stop on SIGTERM or end at the same step,
+save one Orbax checkpoint together, resume from it, and end with the parameters of a single
+process on a mesh of the same shape.
 """
 
 import json
@@ -16,6 +17,7 @@ import time
 import jax
 import numpy as np
 
+from mtl import checkpoint
 from mtl.train import multitask
 from scripts import faults
 from tests.test_train_loop import _flags
@@ -94,3 +96,56 @@ def test_two_processes_stop_together_resume_and_match_one_process(
     one_results = json.loads((reference / "results.json").read_text())["test"]
     two_results = json.loads((workdir / "results.json").read_text())["test"]
     assert one_results == two_results  # evaluation saw every example once, on both
+
+
+# Sinusoid MAML, small: every process samples the whole meta-batch from (seed, step) and keeps
+# its rows, so two processes must compute what one process with two devices computes.
+META_OVERRIDES = {
+    "meta.meta_batch": 4,
+    "log_every": 1,
+    "checkpoint.every": 3,
+    "optimizer.schedule": "constant",
+    "baseline.joint": False,
+    "eval.episodes": 8,
+    "eval.batch": 4,
+    "eval.inner_steps": 2,
+    "eval.queries": 10,
+}
+
+
+def test_two_processes_meta_train_save_resume_and_match_one_process(tmp_path):
+    def command(workdir, num_steps, launcher=()):
+        overrides = {**META_OVERRIDES, "num_steps": num_steps}
+        return faults.train_command(workdir, overrides, "configs/sinusoid_maml.py", launcher)
+
+    two = tmp_path / "two"
+    local = [sys.executable, "-m", "launch.local", "--num_processes=2"]
+    launcher = [*local, "--cpu_devices_per_process=1", "--grace_s=30", "--"]
+    env = {"XLA_FLAGS": ""}
+    first = faults.Run(command(two, 3, launcher), env)
+    assert first.finish(TIMEOUT) == 0, first.text[-3000:]
+    assert (two / "checkpoints" / "3").is_dir()
+    # The same command with a longer run restores step 3 on both processes and goes on.
+    resumed = faults.Run(command(two, 6, launcher), env)
+    assert resumed.finish(TIMEOUT) == 0, resumed.text[-3000:]
+    assert re.search(r"\[0\] .*Resumed from .* at step 3", resumed.text), resumed.text[-3000:]
+    assert re.search(r"\[1\] .*Resumed from .* at step 3", resumed.text), resumed.text[-3000:]
+
+    one = tmp_path / "one"
+    reference = subprocess.run(
+        command(one, 6),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
+    )
+    assert reference.returncode == 0, reference.stderr[-3000:]
+
+    expected = checkpoint.read_on_host(str(one / "checkpoints"))
+    actual = checkpoint.read_on_host(str(two / "checkpoints"))
+    assert int(actual["step"]) == int(expected["step"]) == 6
+    jax.tree_util.tree_map(np.testing.assert_array_equal, expected["meta"], actual["meta"])
+    one_results = json.loads((one / "results.json").read_text())["test"]
+    two_results = json.loads((two / "results.json").read_text())["test"]
+    assert one_results == two_results  # the same 8 test episodes, split over the processes

@@ -148,15 +148,18 @@ def make_train_step(learner, optimizer, mesh, ways: int):
 
 
 def make_curve_step(learner, mesh, ways: int, steps: int):
-    """`(meta, model_state, batch) -> [tasks, steps + 1]` query metrics, tasks over `data`."""
+    """`(meta, model_state, batch) -> [tasks, steps + 1]` query metrics.
+
+    Each device adapts to its share of the tasks; the curves come back replicated (gathered
+    over `data`), so every process can read all of them, as a multi-host run needs.
+    """
 
     def local(meta, model_state, batch):
         curve = lambda ep: learner.curve(meta, model_state, ep, ways=ways, steps=steps)
         return jax.vmap(curve)(batch)
 
-    return jax.jit(
-        jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P("data")), out_specs=P("data"))
-    )
+    sharded = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P("data")), out_specs=P("data"))
+    return jax.jit(sharded, out_shardings=parallel.replicated(mesh))
 
 
 def evaluate_setting(curve_step, state, family, split, setting, *, episodes, batch, seed, sharding):
