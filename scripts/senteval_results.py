@@ -38,7 +38,7 @@ _TASKS = flags.DEFINE_list(
 )
 _PAIR_TASKS = flags.DEFINE_list(
     "pair_tasks",
-    ["mr", "sst2", "subj", "trec_coarse"],
+    ["mr", "sst2", "trec_coarse"],
     "Tasks whose pairs are trained for the transfer matrix (all 21 pairs cost too much here).",
 )
 _PARTS = flags.DEFINE_list("parts", ["probe", "full", "lora", "mtl", "pairs"], "What to run.")
@@ -204,19 +204,23 @@ def render(tasks, probe, full, lora, mtl, pairs) -> str:
     if not full or not (pairs or mtl):
         return table
 
-    # Transfer matrix: accuracy of the row task trained with the column task, minus alone.
-    header = "| task \\ trained with | " + " | ".join(tasks) + (" | all tasks |" if mtl else " |")
-    matrix = [header, "|" + " --- |" * (len(tasks) + 1 + bool(mtl))]
+    return table + "\n\n" + transfer_matrix(tasks, full, mtl, pairs)
+
+
+def transfer_matrix(tasks, full, mtl, pairs) -> str:
+    """Row task's accuracy trained alone, then its change when trained with each pair task
+    (the tasks that appear in `pairs`) and with all tasks (`mtl`); ▲/▼ beyond two SEs."""
+    partners = sorted({t for pair in pairs for t in pair}, key=tasks.index)
+    columns = [f"with {j}" for j in partners] + (["with all tasks"] if mtl else [])
+    lines = ["| task | alone | " + " | ".join(columns) + " |"]
+    lines.append("|" + " --- |" * (len(columns) + 2))
     for i in tasks:
         alone = full[i]["test"][i]
-        cells = []
-        for j in tasks + (["all"] if mtl else []):
-            if i == j:
-                cells.append(f"{100 * alone['accuracy']:.1f}")
-                continue
+        cells = [f"{100 * alone['accuracy']:.1f}"]
+        for j in partners + (["all"] if mtl else []):
             together = mtl if j == "all" else pairs.get(tuple(sorted((i, j))))
-            if together is None:
-                cells.append("–")
+            if i == j or together is None:
+                cells.append("·" if i == j else "–")
                 continue
             delta = together["test"][i]["accuracy"] - alone["accuracy"]
             mark = (
@@ -225,8 +229,8 @@ def render(tasks, probe, full, lora, mtl, pairs) -> str:
                 else ""
             )
             cells.append(f"{100 * delta:+.1f}{mark}")
-        matrix.append(f"| **{i}** | " + " | ".join(cells) + " |")
-    return table + "\n\n" + "\n".join(matrix)
+        lines.append(f"| **{i}** | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def budgets(steps_full: int) -> str:
