@@ -4,8 +4,8 @@
         --checkpoint=/work/wt/bert/runs/senteval/minilm --data_dir=../shared/data/senteval \
         --tfds_dir=/work/wt/bert/runs/tfds --readme=README.md
 
-Full fine-tuning of MiniLM once per method does not fit 2 shared CPU cores (one 420-step
-multi-task run takes most of an hour), so the trunk here is a small MLP over the frozen
+Full fine-tuning of MiniLM once per method and seed does not fit 2 shared CPU cores (one
+420-step multi-task run takes about 10 minutes), so the trunk here is a small MLP over the frozen
 trunk's mean-pooled sentence features, computed once per task (`mtl.transfer.probe`) and
 cached under --root. Every model (one per method, and one single-task model per task) trains
 the same number of steps with the same batch of `--batch_size` sentences per task, so each task
