@@ -38,7 +38,7 @@ _TASKS = flags.DEFINE_list(
 )
 _PAIR_TASKS = flags.DEFINE_list(
     "pair_tasks",
-    ["mr", "sst2", "subj", "trec_coarse"],
+    ["mr", "sst2", "subj", "trec_coarse", "trec_fine"],
     "Tasks whose pairs are trained for the transfer matrix (all 21 pairs cost too much here).",
 )
 _PARTS = flags.DEFINE_list("parts", ["probe", "full", "lora", "mtl", "pairs"], "What to run.")
