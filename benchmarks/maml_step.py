@@ -40,6 +40,10 @@ _ROUNDS = flags.DEFINE_integer("rounds", 3, "Timing rounds (medians are reported
 _STEPS = flags.DEFINE_integer("steps", 3, "Meta-steps per round and implementation.")
 _CONV = flags.DEFINE_list("conv", ["matmul"], "Our conv4 forms to time: matmul and/or xla.")
 _PEERS = flags.DEFINE_list("peers", ["torch.func", "higher"], "PyTorch peers to time.")
+# Tests import several of these scripts into one process, and their flags share names
+# (root, steps...): let a later definition replace an earlier one instead of failing.
+for _holder in (_ROUNDS, _STEPS, _CONV, _PEERS):
+    flags.FLAGS[_holder.name].allow_override = True
 
 WAYS, SHOTS, QUERIES, META_BATCH, FILTERS, SIZE = 5, 1, 15, 32, 64, 28
 INNER_LR, META_LR = 0.4, 1e-3

@@ -50,6 +50,23 @@ _STEPS = flags.DEFINE_integer("steps", 1000, "Training steps of every run.")
 _BATCH = flags.DEFINE_integer("batch_size", 32, "Sentences per task per step.")
 _SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds per run (initialisation, batches, dropout).")
 _README = flags.DEFINE_string("readme", None, "README to write the table into (markers).")
+# Tests import several of these scripts into one process, and their flags share names
+# (root, steps...): let a later definition replace an earlier one instead of failing.
+for _holder in (
+    _ROOT,
+    _CHECKPOINT,
+    _DATA,
+    _TFDS,
+    _TASKS,
+    _METHODS,
+    _MAX_TRAIN,
+    _MAX_LENGTH,
+    _STEPS,
+    _BATCH,
+    _SEEDS,
+    _README,
+):
+    flags.FLAGS[_holder.name].allow_override = True
 
 BEGIN, END = "<!-- senteval-gradient-methods:begin -->", "<!-- senteval-gradient-methods:end -->"
 
