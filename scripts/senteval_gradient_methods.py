@@ -31,6 +31,7 @@ from absl import app, flags, logging
 
 from mtl.compare import delta_m
 from mtl.weighting import TaskObjective, get_weighting
+from scripts import readme
 
 _ROOT = flags.DEFINE_string("root", "/tmp/senteval_grad", "Feature cache and results.")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Converted MiniLM (launch.convert).")
@@ -352,14 +353,7 @@ def main(argv):
     )
     print(markdown)
     if _README.value:
-        with open(_README.value) as f:
-            readme = f.read()
-        if BEGIN not in readme or END not in readme:
-            raise SystemExit(f"{_README.value} lacks the markers {BEGIN} ... {END}.")
-        head, rest = readme.split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
-        with open(_README.value, "w") as f:
-            f.write(f"{head}{BEGIN}\n{markdown}\n{END}{tail}")
+        readme.write_between(_README.value, BEGIN, END, markdown)
 
 
 if __name__ == "__main__":

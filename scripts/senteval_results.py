@@ -30,6 +30,8 @@ import time
 
 from absl import app, flags, logging
 
+from scripts import readme
+
 _ROOT = flags.DEFINE_string("root", "/tmp/senteval_results", "Where runs and results go.")
 _DATA = flags.DEFINE_string("data_dir", None, "SentEval folder (else $MTL_SENTEVAL_DIR).")
 _TFDS = flags.DEFINE_string("tfds_dir", None, "TFDS data dir (TFDS's default when unset).")
@@ -282,14 +284,7 @@ def main(argv):
     )
     print(markdown)
     if _README.value:
-        with open(_README.value) as f:
-            readme = f.read()
-        if BEGIN not in readme or END not in readme:
-            raise SystemExit(f"{_README.value} lacks the markers {BEGIN} ... {END}.")
-        head, rest = readme.split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
-        with open(_README.value, "w") as f:
-            f.write(f"{head}{BEGIN}\n{markdown}\n{END}{tail}")
+        readme.write_between(_README.value, BEGIN, END, markdown)
 
 
 if __name__ == "__main__":
