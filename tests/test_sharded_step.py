@@ -8,6 +8,7 @@ from jax.sharding import Mesh
 
 from mtl import parallel
 from mtl.models import build_model, default_config
+from mtl.train import loop
 from mtl.train.multitask_step import make_steps
 from tests.helpers import sum_of_losses, toy_batch, toy_tasks
 
@@ -18,18 +19,12 @@ def _run(mesh: Mesh, num_steps: int = 3):
     tasks = toy_tasks()
     model = build_model(config, tasks, (8, 8, 1), seed=0)
     steps = make_steps(model, tasks, optax.adam(1e-2), sum_of_losses(), seed=0)
-    state_sh, data_sh = parallel.replicated(mesh), parallel.batch_sharding(mesh)
-    train_step = jax.jit(
-        steps.train_step,
-        in_shardings=(state_sh, data_sh),
-        out_shardings=(state_sh, state_sh),
-        donate_argnums=0,
-    )
-    state = jax.jit(steps.init, out_shardings=state_sh)()
+    compiled = loop.compile_steps(steps, mesh, rules=())  # what the trainers run
+    state = compiled.init()
     history = []
     for step in range(num_steps):
-        batch = parallel.to_global(toy_batch(32, seed=step), data_sh)
-        state, metrics = train_step(state, batch)
+        batch = parallel.to_global(toy_batch(32, seed=step), compiled.data_sharding)
+        state, metrics = compiled.train_step(state, batch)
         history.append(jax.device_get(metrics))
     return jax.device_get(state), history, batch
 

@@ -13,6 +13,7 @@ from mtl import parallel, sharding
 from mtl.errors import ConfigError
 from mtl.models import build_model
 from mtl.tasks import tasks_from_config
+from mtl.train import loop
 from mtl.train.multitask_step import make_steps
 from tests.conftest import TINY_BERT
 from tests.helpers import sum_of_losses
@@ -56,18 +57,12 @@ def _train(mesh_config: dict, preset: str = "", num_steps: int = 3):
     mesh = parallel.make_mesh(mesh_config)
     steps = _steps()
     rules = sharding.config_rules({"sharding": {"preset": preset}})
-    state_sh = sharding.tree_shardings(jax.eval_shape(steps.init), rules, mesh)
-    data_sh = parallel.batch_sharding(mesh)
-    train_step = jax.jit(
-        steps.train_step,
-        in_shardings=(state_sh, data_sh),
-        out_shardings=(state_sh, parallel.replicated(mesh)),
-        donate_argnums=0,
-    )
-    state = jax.jit(steps.init, out_shardings=state_sh)()
+    compiled = loop.compile_steps(steps, mesh, rules)  # what the trainers run
+    state = compiled.init()
     losses = []
     for step in range(num_steps):
-        state, metrics = train_step(state, parallel.to_global(_batch(16, step), data_sh))
+        batch = parallel.to_global(_batch(16, step), compiled.data_sharding)
+        state, metrics = compiled.train_step(state, batch)
         losses.append(jax.device_get(metrics))
     return state, losses
 

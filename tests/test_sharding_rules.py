@@ -9,6 +9,7 @@ from jax.sharding import PartitionSpec as P
 from mtl import parallel, sharding
 from mtl.errors import ConfigError
 from mtl.models import build_model, default_config
+from mtl.train import loop
 from mtl.train.multitask_step import make_steps
 from tests.helpers import sum_of_losses, toy_batch, toy_tasks
 
@@ -27,18 +28,12 @@ def _train(trunk: str, mesh_config: dict, rules=(), num_steps: int = 3):
     """`num_steps` steps under `rules`; returns the final state (on devices) and the metrics."""
     mesh = parallel.make_mesh(mesh_config)
     steps = _steps(trunk)
-    state_sh = sharding.tree_shardings(jax.eval_shape(steps.init), rules, mesh)
-    data_sh = parallel.batch_sharding(mesh)
-    train_step = jax.jit(
-        steps.train_step,
-        in_shardings=(state_sh, data_sh),
-        out_shardings=(state_sh, parallel.replicated(mesh)),
-        donate_argnums=0,
-    )
-    state = jax.jit(steps.init, out_shardings=state_sh)()
+    compiled = loop.compile_steps(steps, mesh, rules)  # what the trainers run
+    state = compiled.init()
     history = []
     for step in range(num_steps):
-        state, metrics = train_step(state, parallel.to_global(toy_batch(32, seed=step), data_sh))
+        batch = parallel.to_global(toy_batch(32, seed=step), compiled.data_sharding)
+        state, metrics = compiled.train_step(state, batch)
         history.append(jax.device_get(metrics))
     return state, history
 
