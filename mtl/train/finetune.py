@@ -30,7 +30,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from mtl import checkpoint, parallel, sharding
+from mtl import checkpoint
 from mtl.data import arrays, text
 from mtl.logs import MetricsWriter
 from mtl.models import build_model
@@ -91,11 +91,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     start_time = time.perf_counter()
     tasks, weighting, source = validate(config)
     data = multitask.load_data(config, tasks)
-    mesh = parallel.make_mesh(config.get("mesh"))
-    parallel.check_batch_size(config.batch_size, mesh)
-    parallel.check_batch_size(config.eval_batch_size, mesh, field="eval_batch_size")
-    rules = sharding.config_rules(config)
-    sharding.check_rules(rules, mesh)
+    mesh, rules = loop.mesh_and_rules(config)
     checkpoint.check_config(workdir, config, MODEL_KEYS)
 
     model = build_model(config.model, tasks, arrays.input_shape(data.train), config.seed)

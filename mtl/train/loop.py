@@ -37,6 +37,16 @@ from mtl.train.multitask_step import Steps
 Prepare = Callable[[arrays.ArrayDataset], arrays.ArrayDataset]
 
 
+def mesh_and_rules(config: ml_collections.ConfigDict) -> tuple[Mesh, tuple[sharding.Rule, ...]]:
+    """The configured mesh and sharding rules, checked against each other and the batch sizes."""
+    mesh = parallel.make_mesh(config.get("mesh"))
+    parallel.check_batch_size(config.batch_size, mesh)
+    parallel.check_batch_size(config.eval_batch_size, mesh, field="eval_batch_size")
+    rules = sharding.config_rules(config)
+    sharding.check_rules(rules, mesh)
+    return mesh, rules
+
+
 @dataclasses.dataclass(frozen=True)
 class Compiled:
     """The jitted steps and the shardings they were compiled for."""

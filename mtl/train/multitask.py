@@ -12,7 +12,7 @@ from typing import Any
 
 import ml_collections
 
-from mtl import checkpoint, distributed, optim, parallel, sharding
+from mtl import checkpoint, distributed, optim
 from mtl.data import arrays, sources
 from mtl.logs import MetricsWriter
 from mtl.models import TRUNKS, build_model
@@ -58,11 +58,7 @@ def train_and_evaluate(
     """
     tasks, weighting = validate(config)
     data = load_data(config, tasks)
-    mesh = parallel.make_mesh(config.get("mesh"))
-    parallel.check_batch_size(config.batch_size, mesh)
-    parallel.check_batch_size(config.eval_batch_size, mesh, field="eval_batch_size")
-    rules = sharding.config_rules(config)
-    sharding.check_rules(rules, mesh)
+    mesh, rules = loop.mesh_and_rules(config)
     checkpoint.check_config(workdir, config, MODEL_KEYS)
 
     model = build_model(config.model, tasks, arrays.input_shape(data.train), config.seed)
