@@ -19,6 +19,7 @@ import dataclasses
 import itertools
 import json
 import os
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -162,25 +163,30 @@ def make_curve_step(learner, mesh, ways: int, steps: int):
     return jax.jit(sharded, out_shardings=parallel.replicated(mesh))
 
 
-def evaluate_setting(curve_step, state, family, split, setting, *, episodes, batch, seed, sharding):
-    """Per-episode curves [episodes, steps + 1] of one setting on `split`."""
+def make_scorer(family, eval_config: ml_collections.ConfigDict, sharding) -> Callable:
+    """`score(curve_step, state, split, setting, episodes)`: per-episode curves
+    [episodes, steps + 1] of one setting on `split`, with the run's evaluation batch and seed."""
+    batch, seed = int(eval_config.batch), int(eval_config.seed)
     rows = parallel.process_rows(batch, sharding)
 
-    def sample(index):
-        eps = family.sample(
-            split,
-            seed,
-            index,
-            batch=batch,
-            ways=setting.ways,
-            shots=setting.shots,
-            queries=setting.queries,
-        )
-        local = jax.tree_util.tree_map(lambda a: a[rows], eps)
-        return parallel.to_global(local, sharding, batch)
+    def score(curve_step, state, split: str, setting: Setting, episodes: int) -> np.ndarray:
+        def sample(index):
+            eps = family.sample(
+                split,
+                seed,
+                index,
+                batch=batch,
+                ways=setting.ways,
+                shots=setting.shots,
+                queries=setting.queries,
+            )
+            local = jax.tree_util.tree_map(lambda a: a[rows], eps)
+            return parallel.to_global(local, sharding, batch)
 
-    step = lambda b: jax.device_get(curve_step(state["meta"], state["model_state"], b))
-    return evaluate.episode_curves(step, sample, episodes, batch)
+        step = lambda b: jax.device_get(curve_step(state["meta"], state["model_state"], b))
+        return evaluate.episode_curves(step, sample, int(episodes), batch)
+
+    return score
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -211,6 +217,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         }
 
     replicated, data_sharding = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+    score = make_scorer(family, config.eval, data_sharding)
     train_step = jax.jit(
         make_train_step(learner, optimizer, mesh, int(m.ways)),
         in_shardings=(replicated, data_sharding),
@@ -276,17 +283,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     val_curve = val_curve or make_curve_step(
                         learner, mesh, int(m.ways), int(m.inner_steps)
                     )
-                    val = evaluate_setting(
-                        val_curve,
-                        state,
-                        family,
-                        "val",
-                        Setting(int(m.ways), int(m.shots), int(m.queries)),
-                        episodes=int(config.eval.val_episodes),
-                        batch=int(config.eval.batch),
-                        seed=int(config.eval.seed),
-                        sharding=data_sharding,
-                    )
+                    training_setting = Setting(int(m.ways), int(m.shots), int(m.queries))
+                    val = score(val_curve, state, "val", training_setting, config.eval.val_episodes)
                     scalars[f"val/{metric_name}"] = float(val[:, -1].mean())
                 writer.write(step, scalars)
                 shown = {"query": values["loss"], metric_name: values["metric"]}
@@ -305,22 +303,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         curves = {}
         for s in settings:
             curve_step = make_curve_step(learner, mesh, s.ways, int(config.eval.inner_steps))
-            per_episode = evaluate_setting(
-                curve_step,
-                state,
-                family,
-                "test",
-                s,
-                episodes=int(config.eval.episodes),
-                batch=int(config.eval.batch),
-                seed=int(config.eval.seed),
-                sharding=data_sharding,
-            )
+            per_episode = score(curve_step, state, "test", s, config.eval.episodes)
             results["test"][s.name(kind)] = evaluate.summarize(per_episode)
             curves[f"{m.method} {s.name(kind)}"] = results["test"][s.name(kind)]
         if config.get("baseline", {}).get("joint"):
             results["baseline"] = _joint_baseline(
-                config, model, params, model_state, family, settings, mesh, data_sharding, kind
+                config, model, params, model_state, family, settings, mesh, score, kind
             )
             for name, summary in results["baseline"].items():
                 curves[f"pretrained {name}"] = summary
@@ -332,7 +320,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         writer.close()
 
 
-def _joint_baseline(config, model, params, model_state, family, settings, mesh, sharding, kind):
+def _joint_baseline(config, model, params, model_state, family, settings, mesh, score, kind):
     """The pretrained-on-all-tasks model, fine-tuned like MAML; its test curves by setting."""
     b, m = config.baseline, config.meta
     sample = lambda i: family.sample(
@@ -353,36 +341,16 @@ def _joint_baseline(config, model, params, model_state, family, settings, mesh, 
     for lr in tuple(b.finetune_lrs):
         state, curve_step, tuned = _fine_tuner(config, model, params, model_state, joint, lr, mesh)
         s = settings[-1]
-        val = evaluate_setting(
-            curve_step(s),
-            state,
-            family,
-            "val",
-            s,
-            episodes=int(config.eval.val_episodes),
-            batch=int(config.eval.batch),
-            seed=int(config.eval.seed),
-            sharding=sharding,
-        )
-        score = float(np.nanmean(np.where(np.isfinite(val[:, -1]), val[:, -1], np.inf)))
-        logging.info("Joint baseline: fine-tuning lr %g gives val MSE %.4f.", lr, score)
-        if score < best:
-            best_lr, best = lr, score
+        val = score(curve_step(s), state, "val", s, config.eval.val_episodes)
+        val_mse = float(np.nanmean(np.where(np.isfinite(val[:, -1]), val[:, -1], np.inf)))
+        logging.info("Joint baseline: fine-tuning lr %g gives val MSE %.4f.", lr, val_mse)
+        if val_mse < best:
+            best_lr, best = lr, val_mse
     logging.info("Joint baseline: fine-tuning with lr %g (best on meta-val).", best_lr)
     state, curve_step, _ = _fine_tuner(config, model, params, model_state, joint, best_lr, mesh)
     out = {}
     for s in settings:
-        per_episode = evaluate_setting(
-            curve_step(s),
-            state,
-            family,
-            "test",
-            s,
-            episodes=int(config.eval.episodes),
-            batch=int(config.eval.batch),
-            seed=int(config.eval.seed),
-            sharding=sharding,
-        )
+        per_episode = score(curve_step(s), state, "test", s, config.eval.episodes)
         out[s.name(kind)] = evaluate.summarize(per_episode) | {"finetune_lr": best_lr}
     return out
 
