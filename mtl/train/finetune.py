@@ -119,8 +119,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             text.check_tokenizer_dir(tokenizer_dir), os.path.join(workdir, "tokenizer")
         )
 
-    plan = strategies.plan(config.finetune, _params(model))
-    summary = strategies.summary(plan, _params(model))
+    params = _params(model)
+    plan = strategies.plan(config.finetune, params)
+    summary = strategies.summary(plan, params)
     logging.info(
         "Strategy %s: %d of %d parameters train. Groups: %s",
         config.finetune.strategy,
