@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 import os
 import shutil
 import time
@@ -31,6 +30,7 @@ import time
 from absl import app, flags, logging
 
 from scripts import readme
+from scripts.transfer_matrix import transfer_matrix
 
 _ROOT = flags.DEFINE_string("root", "/tmp/senteval_results", "Where runs and results go.")
 _DATA = flags.DEFINE_string("data_dir", None, "SentEval folder (else $MTL_SENTEVAL_DIR).")
@@ -156,11 +156,6 @@ def probe_run(checkpoint: str) -> dict:
     return {task: out[task] for task in _TASKS.value}
 
 
-def significant(delta: float, accuracy: float, count: float) -> bool:
-    """|delta| beyond two standard errors of a difference of two accuracies on `count` examples."""
-    return abs(delta) > 2 * math.sqrt(2 * accuracy * (1 - accuracy) / max(count, 1))
-
-
 def span(values) -> str:
     """`a–b per task`, or `a per task` when all are equal."""
     low, high = min(values), max(values)
@@ -207,32 +202,6 @@ def render(tasks, probe, full, lora, mtl, pairs) -> str:
         return table
 
     return table + "\n\n" + transfer_matrix(tasks, full, mtl, pairs)
-
-
-def transfer_matrix(tasks, full, mtl, pairs) -> str:
-    """Row task's accuracy trained alone, then its change when trained with each pair task
-    (the tasks that appear in `pairs`) and with all tasks (`mtl`); ▲/▼ beyond two SEs."""
-    partners = sorted({t for pair in pairs for t in pair}, key=tasks.index)
-    columns = [f"with {j}" for j in partners] + (["with all tasks"] if mtl else [])
-    lines = ["| task | alone | " + " | ".join(columns) + " |"]
-    lines.append("|" + " --- |" * (len(columns) + 2))
-    for i in tasks:
-        alone = full[i]["test"][i]
-        cells = [f"{100 * alone['accuracy']:.1f}"]
-        for j in partners + (["all"] if mtl else []):
-            together = mtl if j == "all" else pairs.get(tuple(sorted((i, j))))
-            if i == j or together is None:
-                cells.append("·" if i == j else "–")
-                continue
-            delta = together["test"][i]["accuracy"] - alone["accuracy"]
-            mark = (
-                ("▲" if delta > 0 else "▼")
-                if significant(delta, alone["accuracy"], alone["count"])
-                else ""
-            )
-            cells.append(f"{100 * delta:+.1f}{mark}")
-        lines.append(f"| **{i}** | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 def budgets(steps_full: int) -> str:
