@@ -2,6 +2,7 @@
 
     python -m benchmarks.finetune_step                      # MiniLM, batch 32, 128 tokens
     python -m benchmarks.finetune_step --seq_len=64 --rounds=7 --dropout=0.0
+    python -m benchmarks.finetune_step --rounds=1 --profile   # where our step's time goes
 
 Both sides start from the same all-MiniLM-L6-v2 weights (ours converted with `mtl.convert`)
 and run one full fine-tuning step: embeddings + 6 layers with dropout, mean pooling over real
@@ -29,6 +30,7 @@ _ROUNDS = flags.DEFINE_integer("rounds", 5, "Timed rounds (each side once per ro
 _STEPS = flags.DEFINE_integer("steps", 3, "Steps per side per round.")
 _DROPOUT = flags.DEFINE_float("dropout", 0.1, "Hidden and attention dropout on both sides.")
 _THREADS = flags.DEFINE_integer("torch_threads", 0, "PyTorch threads (0: all CPU cores).")
+_PROFILE = flags.DEFINE_bool("profile", False, "Then print where our step spends its time.")
 
 NUM_CLASSES = 2
 LR = 5e-5
@@ -160,6 +162,10 @@ def main(argv):
         print(f"  {name:<11s} {median:7.3f} s/step  {tokens / median:9.0f} tokens/s  ({spread})")
     ratio = medians["PyTorch"] / medians["ours (JAX)"]
     print(f"  ratio (ours tokens/s / PyTorch tokens/s): {ratio:.2f}")
+    if _PROFILE.value:
+        from benchmarks import xla_ops
+
+        print("\nours (JAX):\n" + xla_ops.report(sides["ours (JAX)"], _STEPS.value))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ the whole meta-step: inner step per task, query loss, meta-gradient, Adam update
 Rounds alternate between the implementations, so all see the same machine load; medians.
 
     .venv/bin/python -m benchmarks.maml_step --rounds=3 --steps=3
+    .venv/bin/python -m benchmarks.maml_step --peers= --profile   # where our step's time goes
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import optax
 import torch
 from absl import app, flags
 
+from benchmarks import xla_ops
 from mtl import parallel
 from mtl.meta import maml
 from mtl.meta import model as mm
@@ -40,9 +42,10 @@ _ROUNDS = flags.DEFINE_integer("rounds", 3, "Timing rounds (medians are reported
 _STEPS = flags.DEFINE_integer("steps", 3, "Meta-steps per round and implementation.")
 _CONV = flags.DEFINE_list("conv", ["matmul"], "Our conv4 forms to time: matmul and/or xla.")
 _PEERS = flags.DEFINE_list("peers", ["torch.func", "higher"], "PyTorch peers to time.")
+_PROFILE = flags.DEFINE_bool("profile", False, "Then print where our step spends its time.")
 # Tests import several of these scripts into one process, and their flags share names
 # (root, steps...): let a later definition replace an earlier one instead of failing.
-for _holder in (_ROUNDS, _STEPS, _CONV, _PEERS):
+for _holder in (_ROUNDS, _STEPS, _CONV, _PEERS, _PROFILE):
     flags.FLAGS[_holder.name].allow_override = True
 
 WAYS, SHOTS, QUERIES, META_BATCH, FILTERS, SIZE = 5, 1, 15, 32, 64, 28
@@ -257,6 +260,9 @@ def main(argv):
                 f"{name} / fastest peer ({fastest}): {med[name] / peer_times[fastest]:.2f}x "
                 "the time per step"
             )
+    for name in compile_times if _PROFILE.value else ():
+        run_steps = lambda n, run=runs[name]: [run() for _ in range(n)]  # noqa: E731
+        print(f"\n{name}:\n" + xla_ops.report(run_steps, _STEPS.value))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ Rounds alternate between ours and the peer for every method, so both see the sam
 load; the medians over rounds are printed, then the ratios.
 
     .venv/bin/python -m benchmarks.mtl_step --rounds=5 --steps=10
+    .venv/bin/python -m benchmarks.mtl_step --rounds=1 --profile=equal,pcgrad  # op breakdown
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import scipy.optimize
 import torch
 from absl import app, flags
 
+from benchmarks import xla_ops
 from mtl.models import build_model, default_config
 from mtl.tasks import tasks_from_config
 from mtl.train.multitask_step import make_steps
@@ -35,6 +37,7 @@ _STEPS = flags.DEFINE_integer("steps", 10, "Train steps per round and method.")
 _BATCH = flags.DEFINE_integer("batch_size", 96, "Global batch (split evenly over the tasks).")
 _FILTERS = flags.DEFINE_integer("filters", 64, "conv4 filters.")
 _TASKS = flags.DEFINE_integer("num_tasks", 6, "Number of tasks.")
+_PROFILE = flags.DEFINE_list("profile", [], "Methods whose step to profile after timing.")
 _CLASSES = 20
 
 # (label, our weighting name, its options, the peer's method)
@@ -277,6 +280,10 @@ def main(argv):
             f"{1e3 * p:.1f} | {p / peer_eq:.2f} | {p / o:.2f}" if p is not None else "- | - | -"
         )
         print(f"| {label} | {1e3 * o:.1f} | {o / ours_eq:.2f} | {peer_cells} |")
+    for label, run_ours, _ in runners:
+        if label in _PROFILE.value:
+            report = xla_ops.report(run_ours, _STEPS.value)
+            print(f"\nours, {label}:\n{report}")
 
 
 if __name__ == "__main__":
