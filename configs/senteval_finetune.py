@@ -50,7 +50,9 @@ def get_config(tasks: str = "mr") -> ml_collections.ConfigDict:
             tasks=tuple(chosen),
             data_dir=ml_collections.FieldReference(None, field_type=str),
             tfds_dir=ml_collections.FieldReference(None, field_type=str),
-            tokenizer_dir=config.init.get_ref("checkpoint"),
+            # Unset: the init checkpoint's tokenizer. (Not a FieldReference to init.checkpoint:
+            # setting a linked field would silently change the checkpoint too.)
+            tokenizer_dir=ml_collections.FieldReference(None, field_type=str),
             max_length=64,
             max_train_examples=0,
             max_test_examples=0,

@@ -217,3 +217,17 @@ def test_partial_restore_of_a_wrong_shaped_weight_loads_nothing(tiny_ckpt, tmp_p
     after = flat(nnx.to_pure_dict(nnx.state(model.trunk, nnx.Param)))
     for path, value in before.items():
         np.testing.assert_array_equal(after[path], value, err_msg=path)
+
+
+def test_the_tokenizer_defaults_to_the_checkpoint_and_overrides_leave_it_alone():
+    from mtl.data import text
+
+    config = senteval_finetune.get_config("mr")
+    config.init.checkpoint = "/runs/ft_mr"
+    config.data.tokenizer_dir = "/models/minilm"  # used to re-point init.checkpoint too
+    assert config.init.checkpoint == "/runs/ft_mr"
+    text.default_tokenizer_dir(config.data, config.init.checkpoint)
+    assert config.data.tokenizer_dir == "/models/minilm"
+    config.data.tokenizer_dir = None
+    text.default_tokenizer_dir(config.data, config.init.checkpoint)
+    assert config.data.tokenizer_dir == "/runs/ft_mr"

@@ -58,6 +58,25 @@ def load_tokenizer(directory: str):
     return AutoTokenizer.from_pretrained(check_tokenizer_dir(directory), local_files_only=True)
 
 
+def default_tokenizer_dir(data_config: Any, default: str | None) -> None:
+    """Text data whose `tokenizer_dir` is unset reads `default`'s tokenizer (the checkpoint the
+    trunk starts from, or a distillation teacher's workdir). Set in place, so the run's
+    recorded config names the tokenizer it used."""
+    if "tokenizer_dir" in data_config and not data_config.tokenizer_dir and default:
+        data_config.tokenizer_dir = default
+
+
+def same_tokenizer(a: str, b: str) -> bool:
+    """Whether two tokenizer directories hold the same vocabulary files (byte for byte)."""
+    import filecmp
+
+    a, b = check_tokenizer_dir(a), check_tokenizer_dir(b)
+    present = [[f for f in TOKENIZER_FILES if os.path.isfile(os.path.join(d, f))] for d in (a, b)]
+    return present[0] == present[1] and all(
+        filecmp.cmp(os.path.join(a, f), os.path.join(b, f), shallow=False) for f in present[0]
+    )
+
+
 def copy_tokenizer(source: str, destination: str) -> list[str]:
     """Copies the tokenizer files of `source` into `destination`; returns their names."""
     import shutil

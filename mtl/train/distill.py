@@ -1,16 +1,23 @@
 """Knowledge distillation as a multi-task run (`trainer="distill"`).
 
 The student is the model of the config; the teacher is the final checkpoint of another run,
-named by `config.teacher.workdir`, rebuilt from that run's `config.json`. The two may have any
-trunks (a conv4 teacher for an MLP student, a fine-tuned MiniLM for a smaller text trunk) but
-must share the classification tasks. Each train step runs the teacher (evaluation mode, no
-gradient) on the batch and trains the student on `mtl.transfer.distill.distillation_loss`
-(`config.distill.temperature`, `config.distill.alpha`), combined over tasks by the configured
-weighting. The teacher's parameters live in the train state (no optimizer state), so a
-stopped run resumes with the same command. Evaluation reads the student alone.
+named by `config.teacher.workdir`, rebuilt from that run's `config.json` (with its LoRA
+factors if it trained some). The two may have any trunks (a conv4 teacher for an MLP student,
+a fine-tuned MiniLM for a smaller BERT) but must share the classification tasks, and text
+students must tokenise as their teacher did. A config with a `finetune` section (text, or any
+pretrained trunk) trains the student with the fine-tuning loop (`mtl.train.finetune`: its
+init checkpoint, strategies and padding trim), others with the multi-task loop.
+
+Each train step runs the teacher (evaluation mode, no gradient) on the batch and trains the
+student on `mtl.transfer.distill.distillation_loss` (`config.distill.temperature`,
+`config.distill.alpha`), combined over tasks by the configured weighting. The teacher's
+parameters live in the train state (no optimizer state), so a stopped run resumes with the
+same command. Evaluation reads the student alone.
 
     python -m launch.train --config=configs/omniglot_distill.py --workdir=/tmp/student \
         --config.teacher.workdir=/tmp/teacher --config.data.data_dir=../shared/data/omniglot
+    python -m launch.train --config=configs/senteval_distill.py:sst2 --workdir=/tmp/student \
+        --config.teacher.workdir=/tmp/ft_sst2 --config.data.data_dir=../shared/data/senteval
 """
 
 from __future__ import annotations
@@ -21,21 +28,41 @@ import os
 import jax
 import ml_collections
 
-from mtl.data import sources
+from mtl.data import arrays, sources, text
 from mtl.errors import ConfigError
 from mtl.models import build_model
 from mtl.models.functional import PureModule
 from mtl.tasks import tasks_from_config
-from mtl.train import loop, multitask
+from mtl.train import finetune, loop, multitask
 from mtl.train.multitask_step import Steps, make_steps
-from mtl.transfer import distill
+from mtl.transfer import distill, strategies
 
 
 def default_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(temperature=4.0, alpha=0.9))
 
 
-def load_teacher(workdir: str, input_shape, student_tasks):
+def check_tokenizer(workdir: str, teacher_config, tokenizer_dir: str | None) -> None:
+    """`ConfigError` unless a text student tokenises with its teacher's tokenizer: the teacher's
+    logits are only meaningful for the token ids it was trained on."""
+    teacher_tokenizer = (teacher_config.get("data") or {}).get("tokenizer_dir")
+    if not (tokenizer_dir or teacher_tokenizer):
+        return  # not text
+    if not (tokenizer_dir and teacher_tokenizer):
+        raise ConfigError(
+            f"Only one of the student and the teacher in {workdir} reads text "
+            f"(data.tokenizer_dir {tokenizer_dir!r} against {teacher_tokenizer!r})."
+        )
+    kept = os.path.join(workdir, "tokenizer")  # the teacher's copy, kept in its workdir
+    if not text.same_tokenizer(tokenizer_dir, kept if os.path.isdir(kept) else teacher_tokenizer):
+        raise ConfigError(
+            f"The student's tokenizer ({tokenizer_dir}) is not the teacher's ({workdir}): set "
+            "--config.data.tokenizer_dir to the teacher's workdir (or leave it unset) so both "
+            "see the same token ids."
+        )
+
+
+def load_teacher(workdir: str, input_shape, student_tasks, tokenizer_dir: str | None = None):
     """`(apply, variables)`: `apply(variables, inputs) -> {task: logits}` of the teacher run."""
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
@@ -45,6 +72,11 @@ def load_teacher(workdir: str, input_shape, student_tasks):
         )
     with open(path) as f:
         teacher_config = ml_collections.ConfigDict(json.load(f))
+    if not {"model", "tasks", "seed"} <= set(teacher_config):
+        raise ConfigError(
+            f"{path} is not the config of a training run (it lacks model, tasks or seed): point "
+            "config.teacher.workdir at the workdir of a finished run."
+        )
     tasks = tasks_from_config(teacher_config.tasks)
     names = {t.name for t in tasks}
     missing = [t.name for t in student_tasks if t.name not in names]
@@ -56,7 +88,10 @@ def load_teacher(workdir: str, input_shape, student_tasks):
     bad = [t.name for t in student_tasks if t.head != "classification"]
     if bad:
         raise ConfigError(f"Distillation needs classification tasks; {', '.join(bad)} are not.")
+    check_tokenizer(workdir, teacher_config, tokenizer_dir)
     model = build_model(teacher_config.model, tasks, input_shape, teacher_config.seed)
+    if "finetune" in teacher_config:  # a fine-tuned teacher may carry LoRA factors
+        strategies.prepare_model(model, teacher_config.finetune, teacher_config.seed)
     trunk, _, _ = PureModule.split(model.trunk)
     heads = {name: PureModule.split(head)[0] for name, head in model.heads.items()}
     state = loop.final_state(workdir)
@@ -116,8 +151,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     temperature, alpha = float(options.temperature), float(options.alpha)
     distill.check_options(temperature, alpha)
     tasks = tasks_from_config(config.tasks)
-    input_shape = sources.load(config.data).train["inputs"].shape[1:]
-    apply, variables = load_teacher(teacher_dir, input_shape, tasks)
+    text.default_tokenizer_dir(config.data, teacher_dir)  # a text student reads as its teacher
+    input_shape = arrays.input_shape(sources.load(config.data).train)
+    tokenizer_dir = config.data.get("tokenizer_dir")
+    apply, variables = load_teacher(teacher_dir, input_shape, tasks, tokenizer_dir)
 
     def steps_fn(model, tasks, optimizer, weighting, seed):
         steps = make_steps(
@@ -125,4 +162,5 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         )
         return with_teacher(steps, apply, variables)
 
-    return multitask.train_and_evaluate(config, workdir, steps_fn=steps_fn)
+    trainer = finetune if "finetune" in config else multitask
+    return trainer.train_and_evaluate(config, workdir, steps_fn=steps_fn)

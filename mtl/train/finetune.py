@@ -43,6 +43,7 @@ MODEL_KEYS = ("model", "tasks", "weighting", "optimizer", "finetune", "init")
 
 def validate(config: ml_collections.ConfigDict):
     """Checks names, options and the init checkpoint; returns tasks, weighting and the source."""
+    text.default_tokenizer_dir(config.data, config.init.checkpoint)
     tasks, weighting = multitask.validate(config)
     strategies.check(config.finetune, config.num_steps)
     source = None
@@ -86,8 +87,14 @@ def _params(model) -> dict[str, Any]:
     return {"trunk": pure(model.trunk), "heads": {k: pure(h) for k, h in model.heads.items()}}
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
-    """Fine-tunes (or resumes) and returns per-task test metrics."""
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, *, steps_fn=make_steps
+) -> dict[str, dict]:
+    """Fine-tunes (or resumes) and returns per-task test metrics.
+
+    `steps_fn(model, tasks, optimizer, weighting, seed) -> Steps` builds the pure steps, as in
+    `multitask.train_and_evaluate` (distillation passes one that runs a teacher too).
+    """
     start_time = time.perf_counter()
     tasks, weighting, source = validate(config)
     data = multitask.load_data(config, tasks)
@@ -131,7 +138,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     )
     optimizer = strategies.make_optimizer(plan, config.optimizer, config.num_steps)
     compiled = loop.compile_steps(
-        make_steps(model, tasks, optimizer, weighting, config.seed), mesh, rules
+        steps_fn(model, tasks, optimizer, weighting, config.seed), mesh, rules
     )
     prepare = _trim(config.pad_to_multiple)
     manager = checkpoint.make_manager(

@@ -1,0 +1,95 @@
+"""Distillation on text: a fine-tuned (LoRA) BERT teacher run into a smaller BERT student."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from configs import senteval_distill
+from mtl.errors import ConfigError
+from mtl.tasks import tasks_from_config
+from mtl.train import distill, finetune
+from tests.conftest import TINY_BERT
+from tests.test_finetune import SHAPE, tiny_config
+
+STUDENT = TINY_BERT | dict(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32)
+
+
+def student_config(teacher_dir, senteval_dir, senteval_tfds_dir):
+    config = senteval_distill.get_config("mr")
+    config.model.bert.update(STUDENT)
+    config.teacher.workdir = teacher_dir
+    config.data.update(
+        data_dir=senteval_dir,
+        tfds_dir=senteval_tfds_dir,
+        max_length=16,
+        max_train_examples=32,
+        max_test_examples=40,
+    )
+    config.update_from_flattened_dict(
+        {"num_steps": 4, "batch_size": 8, "eval_batch_size": 16, "log_every": 2}
+    )
+    config.optimizer.warmup_steps = 1
+    return config
+
+
+def test_text_student_learns_from_a_lora_teacher_run(
+    tmp_path, tiny_ckpt, senteval_dir, senteval_tfds_dir
+):
+    teacher_dir = str(tmp_path / "teacher")
+    teacher = tiny_config(tiny_ckpt, senteval_dir, senteval_tfds_dir, "mr")
+    teacher.finetune.strategy = "lora"
+    teacher.finetune.lora.update(rank=2, alpha=4.0)
+    teacher.optimizer.learning_rate = 1e-2  # so that the LoRA factors move in 4 steps
+    finetune.train_and_evaluate(teacher, teacher_dir)
+
+    # The teacher is rebuilt with its LoRA factors, and they change its outputs.
+    tasks = tasks_from_config({"mr": dict(num_outputs=2)})
+    apply, variables = distill.load_teacher(teacher_dir, SHAPE, tasks, teacher_dir)
+    rng = np.random.default_rng(0)
+    inputs = {
+        "input_ids": rng.integers(1000, 2000, (4, 16)).astype(np.int32),
+        "attention_mask": np.ones((4, 16), np.int32),
+        "token_type_ids": np.zeros((4, 16), np.int32),
+    }
+    query = variables["params"]["trunk"]["layers"]["0"]["attention"]["query"]
+    assert np.abs(query["lora_b"]).max() > 0
+    without_lora = jax.tree_util.tree_map_with_path(
+        lambda path, v: v * 0 if "lora_b" in jax.tree_util.keystr(path) else v, variables
+    )
+    assert not np.allclose(apply(variables, inputs)["mr"], apply(without_lora, inputs)["mr"])
+
+    student_dir = str(tmp_path / "student")
+    config = student_config(teacher_dir, senteval_dir, senteval_tfds_dir)
+    results = distill.train_and_evaluate(config, student_dir)
+    assert set(results) == {"mr"} and results["mr"]["count"] == 40
+    with open(os.path.join(student_dir, "finetune.json")) as f:
+        info = json.load(f)
+    assert info["restored"] == {} and info["steps_trained"] == 4  # from scratch, not the teacher
+    # The student's tokenizer is the teacher's, kept in its workdir for later runs.
+    assert os.path.isfile(os.path.join(student_dir, "tokenizer", "tokenizer.json"))
+    assert distill.train_and_evaluate(config, student_dir) == results  # resumes at the end
+
+
+def test_a_student_with_another_tokenizer_is_refused(
+    tmp_path, tiny_ckpt, senteval_dir, senteval_tfds_dir
+):
+    teacher_dir = str(tmp_path / "teacher")
+    teacher = tiny_config(tiny_ckpt, senteval_dir, senteval_tfds_dir, "mr")
+    teacher.num_steps = 1
+    finetune.train_and_evaluate(teacher, teacher_dir)
+    other = tmp_path / "other_tokenizer"
+    shutil.copytree(os.path.join(teacher_dir, "tokenizer"), other)
+    vocab = other / "tokenizer.json"
+    vocab.write_text(vocab.read_text().replace('"[unused0]"', '"[unused_zero]"'))
+
+    config = student_config(teacher_dir, senteval_dir, senteval_tfds_dir)
+    config.data.tokenizer_dir = str(other)
+    with pytest.raises(ConfigError, match="is not the teacher's"):
+        distill.train_and_evaluate(config, str(tmp_path / "student"))
+    assert not (tmp_path / "student").exists()
