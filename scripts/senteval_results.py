@@ -58,16 +58,6 @@ _RUN = flags.DEFINE_bool("run", True, "Run what is missing; with --norun only re
 BEGIN, END = "<!-- senteval-results:begin -->", "<!-- senteval-results:end -->"
 
 
-def converted(root: str) -> str:
-    """The converted MiniLM checkpoint under `root` (converted once)."""
-    from mtl.convert import package_dir, write_checkpoint
-
-    path = os.path.join(root, "minilm")
-    if not os.path.isfile(os.path.join(path, "model.json")):
-        write_checkpoint(package_dir(), path)
-    return path
-
-
 def config_for(tasks: list[str], strategy: str, checkpoint: str):
     from configs import senteval_finetune
 
@@ -233,7 +223,9 @@ def main(argv):
     # Runs on tasks with the same number of classes compile the very same programs.
     jax.config.update("jax_compilation_cache_dir", os.path.join(_ROOT.value, "jax_cache"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
-    checkpoint = converted(_ROOT.value)
+    from mtl.convert import converted_package
+
+    checkpoint = converted_package(os.path.join(_ROOT.value, "minilm"))
     tasks, parts = list(_TASKS.value), set(_PARTS.value)
     probe = probe_run(checkpoint) if "probe" in parts else {}
     full, lora, pairs = {}, {}, {}

@@ -135,3 +135,10 @@ def write_checkpoint(hf_dir: str, out_dir: str, *, drop: Iterable[str] = ()) -> 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return model
+
+
+def converted_package(out_dir: str, package: str = MINILM_PACKAGE) -> str:
+    """`out_dir`, holding `package`'s model converted by `write_checkpoint` (converted once)."""
+    if not os.path.isfile(os.path.join(out_dir, "model.json")):
+        write_checkpoint(package_dir(package), out_dir)
+    return out_dir

