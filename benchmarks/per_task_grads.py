@@ -1,6 +1,7 @@
 """Per-task gradients of a conv4 trunk: one `vmap` over the pullback against T pullbacks
-unrolled in the same jitted program, and one summed gradient for scale. Same model and batch
-as `benchmarks/mtl_step.py` (6 tasks, 64 filters, batch 96); medians over rounds.
+unrolled in the same jitted program, the vmap in chunks of k tasks (unrolled over chunks, or in
+a `lax.map`), and one summed gradient for scale. Same model and batch as
+`benchmarks/mtl_step.py` (6 tasks, 64 filters, batch 96); medians over rounds.
 
     .venv/bin/python -m benchmarks.per_task_grads --rounds=5
 """
@@ -12,13 +13,15 @@ import time
 
 import jax
 import jax.numpy as jnp
-from absl import app
+from absl import app, flags
 
 # The same batch, and the same --rounds and --num_tasks flags, as the step benchmark.
 from benchmarks.mtl_step import _ROUNDS, _TASKS, make_batch
 from mtl.models import build_model, default_config
 from mtl.models.functional import PureModule
 from mtl.tasks import tasks_from_config
+
+_CHUNKS = flags.DEFINE_list("chunks", ["2", "3"], "Chunk sizes of the chunked vmap forms.")
 
 
 def main(argv):
@@ -59,7 +62,25 @@ def main(argv):
         _, pullback = jax.vjp(lambda s: losses(s, hp), s)
         return [pullback(row) for row in jnp.eye(num)]
 
+    def chunked(k: int):  # vmap over k tasks at a time, the chunks unrolled
+        def grads(s, hp):
+            _, pullback = jax.vjp(lambda s: losses(s, hp), s)
+            eye = jnp.eye(num)
+            return [jax.vmap(pullback)(eye[i : i + k]) for i in range(0, num, k)]
+
+        return grads
+
+    def mapped(k: int):  # the same chunks in a lax.map (a while loop)
+        def grads(s, hp):
+            _, pullback = jax.vjp(lambda s: losses(s, hp), s)
+            return jax.lax.map(pullback, jnp.eye(num), batch_size=k)
+
+        return grads
+
     fns = {"summed (one gradient)": summed, "vmap over pullback": vmapped, "unrolled": unrolled}
+    for k in map(int, _CHUNKS.value):
+        fns[f"vmap in chunks of {k}, unrolled"] = chunked(k)
+        fns[f"vmap in chunks of {k}, lax.map"] = mapped(k)
     fns = {k: jax.jit(f) for k, f in fns.items()}
     for f in fns.values():
         jax.block_until_ready(f(trunk_params, head_params))

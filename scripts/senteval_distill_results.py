@@ -104,11 +104,10 @@ def main(argv):
     teacher = run(f"teacher_{task}", finetune.train_and_evaluate, teacher_config)
     if teacher is None:
         raise SystemExit("No teacher run yet: run without --norun first.")
-    students = {}
-    variants = (("labels only", 0.0), (f"distilled (alpha={_ALPHA.value:g})", _ALPHA.value))
-    for label, alpha in variants:
-        runs = []
-        for seed in _SEEDS.value:
+    variants = {"labels only": 0.0, f"distilled (alpha={_ALPHA.value:g})": _ALPHA.value}
+    students = {label: [] for label in variants}
+    for seed in _SEEDS.value:  # seed by seed, so that a partial run compares like with like
+        for label, alpha in variants.items():
             config = with_data(senteval_distill.get_config(task))
             config.teacher.workdir = os.path.join(_ROOT.value, "runs", f"teacher_{task}")
             config.seed = int(seed)
@@ -119,8 +118,7 @@ def main(argv):
             name = f"student_{task}_alpha{alpha:g}_seed{seed}"
             result = run(name, distill.train_and_evaluate, config)
             if result is not None:
-                runs.append(result)
-        students[label] = runs
+                students[label].append(result)
     student = senteval_distill.get_config(task).model.bert
     markdown = (
         render(teacher, students)
