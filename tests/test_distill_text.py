@@ -15,7 +15,7 @@ from mtl.errors import ConfigError
 from mtl.tasks import tasks_from_config
 from mtl.train import distill, finetune
 from tests.conftest import TINY_BERT
-from tests.test_finetune import SHAPE, tiny_config
+from tests.test_finetune import SHAPE, tiny_config, tiny_data_and_budget
 
 STUDENT = TINY_BERT | dict(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32)
 
@@ -24,18 +24,7 @@ def student_config(teacher_dir, senteval_dir, senteval_tfds_dir):
     config = senteval_distill.get_config("mr")
     config.model.bert.update(STUDENT)
     config.teacher.workdir = teacher_dir
-    config.data.update(
-        data_dir=senteval_dir,
-        tfds_dir=senteval_tfds_dir,
-        max_length=16,
-        max_train_examples=32,
-        max_test_examples=40,
-    )
-    config.update_from_flattened_dict(
-        {"num_steps": 4, "batch_size": 8, "eval_batch_size": 16, "log_every": 2}
-    )
-    config.optimizer.warmup_steps = 1
-    return config
+    return tiny_data_and_budget(config, senteval_dir, senteval_tfds_dir)
 
 
 def test_text_student_learns_from_a_lora_teacher_run(

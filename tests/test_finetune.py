@@ -78,10 +78,8 @@ def test_partial_restore_lists_every_mismatch(tiny_ckpt):
         restore.find_source(os.path.dirname(tiny_ckpt))
 
 
-def tiny_config(tiny_ckpt, senteval_dir, senteval_tfds_dir, tasks="trec_coarse,mpqa"):
-    config = senteval_finetune.get_config(tasks)
-    config.model.bert.update(TINY_BERT)
-    config.init.checkpoint = tiny_ckpt
+def tiny_data_and_budget(config, senteval_dir, senteval_tfds_dir):
+    """A few SentEval sentences, 16 tokens each, and 4 train steps of 8: seconds per run."""
     config.data.update(
         data_dir=senteval_dir,
         tfds_dir=senteval_tfds_dir,
@@ -95,6 +93,13 @@ def tiny_config(tiny_ckpt, senteval_dir, senteval_tfds_dir, tasks="trec_coarse,m
     config.log_every = 2
     config.optimizer.warmup_steps = 1
     return config
+
+
+def tiny_config(tiny_ckpt, senteval_dir, senteval_tfds_dir, tasks="trec_coarse,mpqa"):
+    config = senteval_finetune.get_config(tasks)
+    config.model.bert.update(TINY_BERT)
+    config.init.checkpoint = tiny_ckpt
+    return tiny_data_and_budget(config, senteval_dir, senteval_tfds_dir)
 
 
 def test_lora_run_resume_and_restore_from_its_workdir(
