@@ -7,10 +7,11 @@ Runs, each skipped when its results are already under --root (so the command res
 
 1. the teacher: all-MiniLM-L6-v2 (converted from the PyPI package), fully fine-tuned on
    `--task` (`configs/senteval_finetune.py`);
-2. for each seed, the student of `configs/senteval_distill.py` (a 2-layer, 256-wide BERT from
+2. for each number of labelled sentences (`--student_labelled`: all, or a seeded subset) and
+   each seed, the student of `configs/senteval_distill.py` (a 2-layer, 256-wide BERT from
    scratch, the teacher's tokenizer) trained twice with the same budget: on the labels only
    (`distill.alpha=0`) and on the teacher's softened outputs mixed with the labels
-   (`distill.alpha`, `distill.temperature`).
+   (`distill.alpha`, `distill.temperature`). The teacher always saw every labelled sentence.
 
 Prints a markdown table (test accuracy, parameters, training time) and, with --readme, writes
 it between the README's markers.
@@ -33,6 +34,9 @@ _TASK = flags.DEFINE_string("task", "sst2", "The SentEval task.")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Student seeds.")
 _TEACHER_STEPS = flags.DEFINE_integer("teacher_steps", 300, "Teacher fine-tuning steps.")
 _STUDENT_STEPS = flags.DEFINE_integer("student_steps", 600, "Student training steps.")
+_LABELLED = flags.DEFINE_list(
+    "student_labelled", ["0", "2000"], "Labelled sentences the students see (0: all of them)."
+)
 _ALPHA = flags.DEFINE_float("alpha", 0.9, "Weight of the teacher's soft targets.")
 _TEMPERATURE = flags.DEFINE_float("temperature", 4.0, "Softmax temperature of distillation.")
 _README = flags.DEFINE_string("readme", None, "README to write the table into (markers).")
@@ -105,20 +109,26 @@ def main(argv):
     if teacher is None:
         raise SystemExit("No teacher run yet: run without --norun first.")
     variants = {"labels only": 0.0, f"distilled (alpha={_ALPHA.value:g})": _ALPHA.value}
-    students = {label: [] for label in variants}
-    for seed in _SEEDS.value:  # seed by seed, so that a partial run compares like with like
-        for label, alpha in variants.items():
-            config = with_data(senteval_distill.get_config(task))
-            config.teacher.workdir = os.path.join(_ROOT.value, "runs", f"teacher_{task}")
-            config.seed = int(seed)
-            config.num_steps = _STUDENT_STEPS.value
-            config.distill.alpha = alpha
-            config.distill.temperature = _TEMPERATURE.value
-            config.checkpoint.every = _STUDENT_STEPS.value
-            name = f"student_{task}_alpha{alpha:g}_seed{seed}"
-            result = run(name, distill.train_and_evaluate, config)
-            if result is not None:
-                students[label].append(result)
+    students = {}
+    for labelled in map(int, _LABELLED.value):
+        subset = f"{labelled:,} labelled sentences" if labelled else "all labelled sentences"
+        for label in variants:
+            students[f"{subset}, {label}"] = []
+        for seed in _SEEDS.value:  # seed by seed, so that a partial run compares like with like
+            for label, alpha in variants.items():
+                config = with_data(senteval_distill.get_config(task))
+                config.teacher.workdir = os.path.join(_ROOT.value, "runs", f"teacher_{task}")
+                config.seed = int(seed)
+                config.data.max_train_examples = labelled
+                config.num_steps = _STUDENT_STEPS.value
+                config.distill.alpha = alpha
+                config.distill.temperature = _TEMPERATURE.value
+                config.checkpoint.every = _STUDENT_STEPS.value
+                size = f"_n{labelled}" if labelled else ""
+                name = f"student_{task}{size}_alpha{alpha:g}_seed{seed}"
+                result = run(name, distill.train_and_evaluate, config)
+                if result is not None:
+                    students[f"{subset}, {label}"].append(result)
     student = senteval_distill.get_config(task).model.bert
     markdown = (
         render(teacher, students)
@@ -128,11 +138,13 @@ def main(argv):
             f"converted checkpoint; students {student.num_layers} layers, hidden "
             f"{student.hidden_size}, {student.num_heads} heads, feed-forward "
             f"{student.intermediate_size}, from scratch, {_STUDENT_STEPS.value} steps; both "
-            f"batch 32, sentences up to {teacher_config.data.max_length} tokens, all "
-            f"{task} training sentences, the full test split. Distillation: temperature "
+            f"batch 32, sentences up to {teacher_config.data.max_length} tokens; the teacher "
+            f"sees all {task} training sentences, a student all of them or a seeded subset "
+            "(seed 0); the full test split. Distillation: temperature "
             f"{_TEMPERATURE.value:g}, alpha {_ALPHA.value:g} on the soft targets. Seeds "
             f"{', '.join(_SEEDS.value)} (mean ± standard deviation, then each seed). Train time: "
-            "the training loop only, on the 2-core development machine."
+            "the training loop's wall time on the 2-core development machine; runs that shared "
+            "it with other jobs read slower."
         )
     )
     print(markdown)
