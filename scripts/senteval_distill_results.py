@@ -19,13 +19,13 @@ it between the README's markers.
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 
 from absl import app, flags
 
 from scripts import readme
+from scripts.finished_runs import run_once
 
 _ROOT = flags.DEFINE_string("root", "/tmp/senteval_distill", "Where runs and results go.")
 _DATA = flags.DEFINE_string("data_dir", None, "SentEval folder (else $MTL_SENTEVAL_DIR).")
@@ -47,14 +47,10 @@ BEGIN, END = "<!-- senteval-distill:begin -->", "<!-- senteval-distill:end -->"
 
 def run(name: str, train, config) -> dict | None:
     """`{"accuracy", "info"}` of the run `name` (trained with `train` unless it exists)."""
-    workdir = os.path.join(_ROOT.value, "runs", name)
-    results, info = os.path.join(workdir, "results.json"), os.path.join(workdir, "finetune.json")
-    if not (os.path.isfile(results) and os.path.isfile(info)):
-        if not _RUN.value:
-            return None
-        train(config, workdir)
-    with open(results) as f, open(info) as g:
-        return {"accuracy": json.load(f)["test"][_TASK.value]["accuracy"], "info": json.load(g)}
+    result = run_once(os.path.join(_ROOT.value, "runs", name), train, config, _RUN.value)
+    if result is None:
+        return None
+    return {"accuracy": result["test"][_TASK.value]["accuracy"], "info": result["info"]}
 
 
 def with_data(config):

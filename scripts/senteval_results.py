@@ -30,6 +30,7 @@ import time
 from absl import app, flags, logging
 
 from scripts import readme
+from scripts.finished_runs import run_once
 from scripts.transfer_matrix import transfer_matrix
 
 _ROOT = flags.DEFINE_string("root", "/tmp/senteval_results", "Where runs and results go.")
@@ -87,15 +88,10 @@ def finetune_run(name: str, tasks: list[str], strategy: str, checkpoint: str) ->
     from mtl.train import finetune
 
     workdir = os.path.join(_ROOT.value, "runs", name)
-    results, info = os.path.join(workdir, "results.json"), os.path.join(workdir, "finetune.json")
-    if not (os.path.isfile(results) and os.path.isfile(info)):
-        if not _RUN.value:
-            return None
-        logging.info("Run %s: %s on %s.", name, strategy, ", ".join(tasks))
-        finetune.train_and_evaluate(config_for(tasks, strategy, checkpoint), workdir)
-        shutil.rmtree(os.path.join(workdir, "checkpoints"), ignore_errors=True)  # 270 MB each
-    with open(results) as f, open(info) as g:
-        return {"test": json.load(f)["test"], "info": json.load(g)}
+    config = config_for(tasks, strategy, checkpoint)
+    result = run_once(workdir, finetune.train_and_evaluate, config, _RUN.value)
+    shutil.rmtree(os.path.join(workdir, "checkpoints"), ignore_errors=True)  # 270 MB each
+    return result
 
 
 def probe_run(checkpoint: str) -> dict:

@@ -28,7 +28,7 @@ import os
 import jax
 import ml_collections
 
-from mtl.data import arrays, sources, text
+from mtl.data import arrays, text
 from mtl.errors import ConfigError
 from mtl.models import build_model
 from mtl.models.functional import PureModule
@@ -152,9 +152,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     distill.check_options(temperature, alpha)
     tasks = tasks_from_config(config.tasks)
     text.default_tokenizer_dir(config.data, teacher_dir)  # a text student reads as its teacher
-    input_shape = arrays.input_shape(sources.load(config.data).train)
+    # Loaded once here (the teacher is built for its input shape) and handed to the trainer.
+    data = multitask.load_data(config, tasks)
     tokenizer_dir = config.data.get("tokenizer_dir")
-    apply, variables = load_teacher(teacher_dir, input_shape, tasks, tokenizer_dir)
+    apply, variables = load_teacher(
+        teacher_dir, arrays.input_shape(data.train), tasks, tokenizer_dir
+    )
 
     def steps_fn(model, tasks, optimizer, weighting, seed):
         steps = make_steps(
@@ -163,4 +166,4 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         return with_teacher(steps, apply, variables)
 
     trainer = finetune if "finetune" in config else multitask
-    return trainer.train_and_evaluate(config, workdir, steps_fn=steps_fn)
+    return trainer.train_and_evaluate(config, workdir, steps_fn=steps_fn, data=data)

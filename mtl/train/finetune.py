@@ -88,16 +88,17 @@ def _params(model) -> dict[str, Any]:
 
 
 def train_and_evaluate(
-    config: ml_collections.ConfigDict, workdir: str, *, steps_fn=make_steps
+    config: ml_collections.ConfigDict, workdir: str, *, steps_fn=make_steps, data=None
 ) -> dict[str, dict]:
     """Fine-tunes (or resumes) and returns per-task test metrics.
 
-    `steps_fn(model, tasks, optimizer, weighting, seed) -> Steps` builds the pure steps, as in
-    `multitask.train_and_evaluate` (distillation passes one that runs a teacher too).
+    `steps_fn(model, tasks, optimizer, weighting, seed) -> Steps` builds the pure steps, and
+    `data` is the already loaded data set if any, as in `multitask.train_and_evaluate`
+    (distillation passes both: steps that run a teacher, and the data it sized the teacher on).
     """
     start_time = time.perf_counter()
     tasks, weighting, source = validate(config)
-    data = multitask.load_data(config, tasks)
+    data = multitask.load_data(config, tasks) if data is None else data
     mesh, rules = loop.mesh_and_rules(config)
     checkpoint.check_config(workdir, config, MODEL_KEYS)
 

@@ -48,16 +48,17 @@ def load_data(config, tasks) -> sources.MultiTaskData:
 
 
 def train_and_evaluate(
-    config: ml_collections.ConfigDict, workdir: str, *, steps_fn=make_steps
+    config: ml_collections.ConfigDict, workdir: str, *, steps_fn=make_steps, data=None
 ) -> dict[str, dict]:
     """Trains (or resumes) a multi-task model and returns per-task test metrics.
 
     `steps_fn(model, tasks, optimizer, weighting, seed) -> Steps` builds the pure steps; other
     trainers pass a wrapper of `make_steps` (e.g. `mtl.train.affinity` adds an accumulator).
+    `data`: what `load_data(config, tasks)` returns, when the caller has loaded it already.
     Returns {} when a stop was requested (the state is saved; the same command resumes).
     """
     tasks, weighting = validate(config)
-    data = load_data(config, tasks)
+    data = load_data(config, tasks) if data is None else data
     mesh, rules = loop.mesh_and_rules(config)
     checkpoint.check_config(workdir, config, MODEL_KEYS)
 
