@@ -27,16 +27,21 @@ def student_config(teacher_dir, senteval_dir, senteval_tfds_dir):
     return tiny_data_and_budget(config, senteval_dir, senteval_tfds_dir)
 
 
-def test_text_student_learns_from_a_lora_teacher_run(
-    tmp_path, tiny_ckpt, senteval_dir, senteval_tfds_dir
-):
-    teacher_dir = str(tmp_path / "teacher")
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory, tiny_ckpt, senteval_dir, senteval_tfds_dir) -> str:
+    """A finished LoRA fine-tuning run of the tiny BERT on mr: the teacher of both tests."""
+    workdir = str(tmp_path_factory.mktemp("distill") / "teacher")
     teacher = tiny_config(tiny_ckpt, senteval_dir, senteval_tfds_dir, "mr")
     teacher.finetune.strategy = "lora"
     teacher.finetune.lora.update(rank=2, alpha=4.0)
     teacher.optimizer.learning_rate = 1e-2  # so that the LoRA factors move in 4 steps
-    finetune.train_and_evaluate(teacher, teacher_dir)
+    finetune.train_and_evaluate(teacher, workdir)
+    return workdir
 
+
+def test_text_student_learns_from_a_lora_teacher_run(
+    tmp_path, teacher_dir, senteval_dir, senteval_tfds_dir
+):
     # The teacher is rebuilt with its LoRA factors, and they change its outputs.
     tasks = tasks_from_config({"mr": dict(num_outputs=2)})
     apply, variables = distill.load_teacher(teacher_dir, SHAPE, tasks, teacher_dir)
@@ -66,12 +71,8 @@ def test_text_student_learns_from_a_lora_teacher_run(
 
 
 def test_a_student_with_another_tokenizer_is_refused(
-    tmp_path, tiny_ckpt, senteval_dir, senteval_tfds_dir
+    tmp_path, teacher_dir, senteval_dir, senteval_tfds_dir
 ):
-    teacher_dir = str(tmp_path / "teacher")
-    teacher = tiny_config(tiny_ckpt, senteval_dir, senteval_tfds_dir, "mr")
-    teacher.num_steps = 1
-    finetune.train_and_evaluate(teacher, teacher_dir)
     other = tmp_path / "other_tokenizer"
     shutil.copytree(os.path.join(teacher_dir, "tokenizer"), other)
     vocab = other / "tokenizer.json"
