@@ -78,7 +78,7 @@ def our_learner(conv: str, filters: int = FILTERS):
 
 
 def ours(conv: str, episodes: dict):
-    """`(compile_seconds, step)`: our jitted meta-step on one device, compiled."""
+    """`(compile_seconds, step, hlo_text)`: our jitted meta-step on one device, compiled."""
     learner, meta, mstate = our_learner(conv)
     tx = optax.adam(META_LR)
     train_state = {
@@ -100,7 +100,7 @@ def ours(conv: str, episodes: dict):
         holder["state"], metrics = compiled(holder["state"], batch)
         jax.block_until_ready(metrics)
 
-    return compile_s, run
+    return compile_s, run, compiled.as_text()
 
 
 # ---- PyTorch ---------------------------------------------------------------------------------
@@ -225,10 +225,10 @@ def higher_step(episodes: dict):
 def main(argv):
     del argv
     episodes = make_episodes()
-    runs, compile_times = {}, {}
+    runs, compile_times, hlo_texts = {}, {}, {}
     for conv in _CONV.value:
         name = f"ours (jax, conv={conv})"
-        compile_times[name], runs[name] = ours(conv, episodes)
+        compile_times[name], runs[name], hlo_texts[name] = ours(conv, episodes)
     peers = {"torch.func": torch_func_step, "higher": higher_step}
     for peer in _PEERS.value:
         runs[peer] = peers[peer](episodes)
@@ -262,7 +262,8 @@ def main(argv):
             )
     for name in compile_times if _PROFILE.value else ():
         run_steps = lambda n, run=runs[name]: [run() for _ in range(n)]  # noqa: E731
-        print(f"\n{name}:\n" + xla_ops.report(run_steps, _STEPS.value))
+        report = xla_ops.report(run_steps, _STEPS.value, hlo_text=hlo_texts[name])
+        print(f"\n{name}:\n{report}")
 
 
 if __name__ == "__main__":

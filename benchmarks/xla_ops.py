@@ -8,6 +8,10 @@ Times are busy times: XLA runs independent thunks concurrently on the CPU's thre
 op slowed by a neighbour shows as slower, and the total can exceed the wall time. Container
 thunks (`while`, `call`, `conditional`) are left out, since their bodies are counted op by op.
 Match an op name to its HLO with `XLA_FLAGS=--xla_dump_to=DIR --xla_dump_hlo_as_text`.
+
+Given the compiled program's HLO text (`jax.jit(f).lower(...).compile().as_text()`), `report`
+also lists the matmul ops with their shapes, FLOPs and achieved GFLOP/s (`dot_flops`), which
+tells a slow matmul shape from a slow library.
 """
 
 from __future__ import annotations
@@ -47,8 +51,65 @@ def trace_ops(run_steps: Callable[[int], object], steps: int) -> dict[str, float
     return dict(busy)
 
 
-def report(run_steps: Callable[[int], object], steps: int, top: int = 12) -> str:
-    """Markdown: the costliest op kinds and ops while `run_steps(steps)` runs `steps` steps."""
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (\w+)\[([\d,]*)\]")
+_DOT = re.compile(r"\bdot\(%([\w.\-]+), %([\w.\-]+)\).*?lhs_contracting_dims=\{([\d,]*)\}")
+_FUSION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = .* fusion\(.*calls=%([\w.\-]+)")
+_COMPUTATION = re.compile(r"^(?:ENTRY )?%([\w.\-]+) ")
+
+
+def _dims(text: str) -> list[int]:
+    return [int(d) for d in text.split(",") if d]
+
+
+def dot_flops(hlo_text: str) -> dict[str, tuple[float, str]]:
+    """`{op: (flops, "lhs x rhs -> out")}` for every dot and every fusion that contains dots.
+
+    Reads the optimized HLO text: a dot of output shape O contracting K elements costs
+    2 * |O| * K FLOPs; a fusion costs the sum of the dots of the computation it calls.
+    """
+    shapes: dict[str, list[int]] = {}
+    dots: dict[str, list[tuple[str, str, str, str]]] = collections.defaultdict(list)
+    fusions: dict[str, str] = {}
+    home: dict[str, str] = {}  # dot -> the computation it is in
+    computation = ""
+    for line in hlo_text.splitlines():
+        if not line.startswith(" ") and (m := _COMPUTATION.match(line)):
+            computation = m.group(1)
+            continue
+        if not (m := _INSTRUCTION.match(line)):
+            continue
+        name, _, dims = m.groups()
+        shapes[name] = _dims(dims)
+        if d := _DOT.search(line):
+            dots[computation].append((name, *d.groups()))
+            dots[name].append((name, *d.groups()))
+            home[name] = computation
+        if f := _FUSION.match(line):
+            fusions[f.group(1)] = f.group(2)
+    fused = set(fusions.values())
+    unfused_dots = [name for name, computation in home.items() if computation not in fused]
+    out = {}
+    for op in list(fusions) + unfused_dots:
+        total, described = 0.0, []
+        for name, lhs, rhs, contracting in dots.get(fusions.get(op, op), []):
+            k = 1
+            for axis in _dims(contracting):
+                k *= shapes[lhs][axis]
+            size = 1
+            for dim in shapes[name]:
+                size *= dim
+            total += 2.0 * size * k
+            described.append(f"{shapes[lhs]} x {shapes[rhs]} -> {shapes[name]}")
+        if total:
+            out[op] = (total, "; ".join(described))
+    return out
+
+
+def report(
+    run_steps: Callable[[int], object], steps: int, top: int = 12, hlo_text: str | None = None
+) -> str:
+    """Markdown: the costliest op kinds and ops while `run_steps(steps)` runs `steps` steps;
+    with the compiled `hlo_text`, also the costliest matmul ops and their GFLOP/s."""
     busy = trace_ops(run_steps, steps)
     total = sum(busy.values())
     kinds = collections.Counter()
@@ -61,5 +122,20 @@ def report(run_steps: Callable[[int], object], steps: int, top: int = 12) -> str
             f"| {name} | {ms:.1f} | {100 * ms / total:.0f}% |"
             for name, ms in counts.most_common(top)
         ]
+        lines.append("")
+    if hlo_text is not None:
+        flops = dot_flops(hlo_text)
+        timed = {op: ms for op, ms in busy.items() if op in flops}
+        seconds = sum(timed.values()) / 1e3
+        rate = sum(flops[op][0] for op in timed) / max(seconds, 1e-12) / 1e9
+        lines += [
+            f"Matmul ops: {1e3 * seconds:.1f} ms per step at {rate:.0f} GFLOP/s overall.",
+            "",
+            "| op | ms / step | GFLOP | GFLOP/s | shapes |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for op, ms in collections.Counter(timed).most_common(top):
+            gflop, shapes = flops[op][0] / 1e9, flops[op][1]
+            lines.append(f"| {op} | {ms:.1f} | {gflop:.2f} | {gflop / ms * 1e3:.0f} | {shapes} |")
         lines.append("")
     return "\n".join(lines)

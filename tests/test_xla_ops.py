@@ -27,3 +27,24 @@ def test_kind_drops_only_the_numeric_suffix():
     assert xla_ops.kind("ynn_fusion.70") == "ynn_fusion"
     assert xla_ops.kind("wrapped_reduce-window.33") == "wrapped_reduce-window"
     assert xla_ops.kind("copy") == "copy"
+
+
+def test_dot_flops_counts_fused_and_batched_matmuls_from_the_compiled_hlo():
+    def step(a, b, q, k):
+        return jnp.tanh(a @ b).sum() + jnp.einsum("bqd,bkd->bqk", q, k).sum()
+
+    args = (jnp.ones((64, 32)), jnp.ones((32, 16)), jnp.ones((3, 8, 4)), jnp.ones((3, 5, 4)))
+    compiled = jax.jit(step).lower(*args).compile()
+
+    flops = xla_ops.dot_flops(compiled.as_text())
+
+    totals = sorted(f for f, _ in flops.values())
+    assert totals == sorted([2.0 * 64 * 16 * 32, 2.0 * 3 * 8 * 5 * 4]), flops
+    described = " ".join(shapes for _, shapes in flops.values())
+    assert "[64, 32] x [32, 16] -> [64, 16]" in described, described
+    report = xla_ops.report(
+        lambda n: [compiled(*args).block_until_ready() for _ in range(n)],
+        4,
+        hlo_text=compiled.as_text(),
+    )
+    assert "| op | ms / step | GFLOP | GFLOP/s | shapes |" in report, report
