@@ -10,8 +10,9 @@ thunks (`while`, `call`, `conditional`) are left out, since their bodies are cou
 Match an op name to its HLO with `XLA_FLAGS=--xla_dump_to=DIR --xla_dump_hlo_as_text`.
 
 Given the compiled program's HLO text (`jax.jit(f).lower(...).compile().as_text()`), `report`
-also lists the matmul ops with their shapes, FLOPs and achieved GFLOP/s (`dot_flops`), which
-tells a slow matmul shape from a slow library.
+also lists the matmul ops with their shapes, FLOPs and GFLOP/s, in the step and for the same
+dot jitted alone: a shape the library is slow at shows slow in both, a slowdown that comes
+from the step around it (concurrent ops, memory) only in the step.
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ import os
 import re
 import tempfile
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
+import numpy as np
 
 CONTAINERS = ("while", "call", "conditional")
 
@@ -52,7 +55,7 @@ def trace_ops(run_steps: Callable[[int], object], steps: int) -> dict[str, float
 
 
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (\w+)\[([\d,]*)\]")
-_DOT = re.compile(r"\bdot\(%([\w.\-]+), %([\w.\-]+)\).*?lhs_contracting_dims=\{([\d,]*)\}")
+_DOT = re.compile(r"\bdot\(%([\w.\-]+), %([\w.\-]+)\)(.*)")
 _FUSION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = .* fusion\(.*calls=%([\w.\-]+)")
 _COMPUTATION = re.compile(r"^(?:ENTRY )?%([\w.\-]+) ")
 
@@ -61,14 +64,38 @@ def _dims(text: str) -> list[int]:
     return [int(d) for d in text.split(",") if d]
 
 
-def dot_flops(hlo_text: str) -> dict[str, tuple[float, str]]:
-    """`{op: (flops, "lhs x rhs -> out")}` for every dot and every fusion that contains dots.
+class Dot(NamedTuple):
+    """One dot of the optimized HLO: operand shapes and `lax.dot_general` dimension numbers."""
 
-    Reads the optimized HLO text: a dot of output shape O contracting K elements costs
-    2 * |O| * K FLOPs; a fusion costs the sum of the dots of the computation it calls.
+    lhs: tuple[int, ...]
+    rhs: tuple[int, ...]
+    out: tuple[int, ...]
+    dimension_numbers: tuple  # ((lhs_contracting, rhs_contracting), (lhs_batch, rhs_batch))
+
+    @property
+    def flops(self) -> float:
+        k = 1
+        for axis in self.dimension_numbers[0][0]:
+            k *= self.lhs[axis]
+        return 2.0 * float(np.prod(self.out)) * k
+
+    def __str__(self) -> str:
+        return f"{list(self.lhs)} x {list(self.rhs)} -> {list(self.out)}"
+
+
+def _dimension(attributes: str, name: str) -> tuple[int, ...]:
+    found = re.search(name + r"=\{([\d,]*)\}", attributes)
+    return tuple(_dims(found.group(1))) if found else ()
+
+
+def dots_per_op(hlo_text: str) -> dict[str, list[Dot]]:
+    """The dots of every op that runs one or more: unfused dots and fusions that contain dots.
+
+    Reads the optimized HLO text (`compiled.as_text()`); a fusion's dots are those of the
+    computation it calls.
     """
     shapes: dict[str, list[int]] = {}
-    dots: dict[str, list[tuple[str, str, str, str]]] = collections.defaultdict(list)
+    dots: dict[str, list[tuple[str, str, str, str]]] = collections.defaultdict(list)  # raw
     fusions: dict[str, str] = {}
     home: dict[str, str] = {}  # dot -> the computation it is in
     computation = ""
@@ -90,19 +117,47 @@ def dot_flops(hlo_text: str) -> dict[str, tuple[float, str]]:
     unfused_dots = [name for name, computation in home.items() if computation not in fused]
     out = {}
     for op in list(fusions) + unfused_dots:
-        total, described = 0.0, []
-        for name, lhs, rhs, contracting in dots.get(fusions.get(op, op), []):
-            k = 1
-            for axis in _dims(contracting):
-                k *= shapes[lhs][axis]
-            size = 1
-            for dim in shapes[name]:
-                size *= dim
-            total += 2.0 * size * k
-            described.append(f"{shapes[lhs]} x {shapes[rhs]} -> {shapes[name]}")
-        if total:
-            out[op] = (total, "; ".join(described))
+        found = [
+            Dot(
+                tuple(shapes[lhs]), tuple(shapes[rhs]), tuple(shapes[name]),
+                (
+                    (_dimension(attrs, "lhs_contracting_dims"),
+                     _dimension(attrs, "rhs_contracting_dims")),
+                    (_dimension(attrs, "lhs_batch_dims"), _dimension(attrs, "rhs_batch_dims")),
+                ),
+            )
+            for name, lhs, rhs, attrs in dots.get(fusions.get(op, op), [])
+        ]  # fmt: skip
+        if found:
+            out[op] = found
     return out
+
+
+def dot_flops(hlo_text: str) -> dict[str, tuple[float, str]]:
+    """`{op: (flops, "lhs x rhs -> out")}`: a dot of output shape O contracting K elements
+    costs 2 * |O| * K FLOPs; a fusion, the sum of its dots."""
+    return {
+        op: (sum(d.flops for d in found), "; ".join(map(str, found)))
+        for op, found in dots_per_op(hlo_text).items()
+    }
+
+
+def seconds_alone(dot: Dot, repeats: int = 10) -> float:
+    """Best-of-`repeats` seconds of the same dot (float32) jitted on its own: the library's
+    speed on that shape, a yardstick for the same op inside a step (best-of, because load from
+    elsewhere only ever slows a run down)."""
+    import time
+
+    lhs = jax.numpy.ones(dot.lhs, jax.numpy.float32)
+    rhs = jax.numpy.ones(dot.rhs, jax.numpy.float32)
+    run = jax.jit(lambda a, b: jax.lax.dot_general(a, b, dot.dimension_numbers))
+    run(lhs, rhs).block_until_ready()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run(lhs, rhs).block_until_ready()
+        times.append(time.perf_counter() - start)
+    return min(times)
 
 
 def report(
@@ -124,18 +179,24 @@ def report(
         ]
         lines.append("")
     if hlo_text is not None:
-        flops = dot_flops(hlo_text)
-        timed = {op: ms for op, ms in busy.items() if op in flops}
+        per_op = dots_per_op(hlo_text)
+        timed = {op: ms for op, ms in busy.items() if op in per_op}
         seconds = sum(timed.values()) / 1e3
-        rate = sum(flops[op][0] for op in timed) / max(seconds, 1e-12) / 1e9
+        rate = sum(d.flops for op in timed for d in per_op[op]) / max(seconds, 1e-12) / 1e9
         lines += [
-            f"Matmul ops: {1e3 * seconds:.1f} ms per step at {rate:.0f} GFLOP/s overall.",
+            f"Matmul ops: {1e3 * seconds:.1f} ms per step at {rate:.0f} GFLOP/s overall. "
+            "'Alone': the same dot jitted by itself (for ops with one dot).",
             "",
-            "| op | ms / step | GFLOP | GFLOP/s | shapes |",
-            "| --- | --- | --- | --- | --- |",
+            "| op | ms / step | GFLOP | GFLOP/s in the step | GFLOP/s alone | shapes |",
+            "| --- | --- | --- | --- | --- | --- |",
         ]
         for op, ms in collections.Counter(timed).most_common(top):
-            gflop, shapes = flops[op][0] / 1e9, flops[op][1]
-            lines.append(f"| {op} | {ms:.1f} | {gflop:.2f} | {gflop / ms * 1e3:.0f} | {shapes} |")
+            found = per_op[op]
+            gflop = sum(d.flops for d in found) / 1e9
+            alone = f"{gflop / seconds_alone(found[0]):.0f}" if len(found) == 1 else "-"
+            lines.append(
+                f"| {op} | {ms:.1f} | {gflop:.2f} | {gflop / ms * 1e3:.0f} | {alone} | "
+                f"{'; '.join(map(str, found))} |"
+            )
         lines.append("")
     return "\n".join(lines)

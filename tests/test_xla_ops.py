@@ -47,4 +47,9 @@ def test_dot_flops_counts_fused_and_batched_matmuls_from_the_compiled_hlo():
         4,
         hlo_text=compiled.as_text(),
     )
-    assert "| op | ms / step | GFLOP | GFLOP/s | shapes |" in report, report
+    header = "| op | ms / step | GFLOP | GFLOP/s in the step | GFLOP/s alone | shapes |"
+    assert header in report, report
+    (dot,) = xla_ops.dots_per_op(compiled.as_text())[
+        next(op for op, (f, _) in flops.items() if f == 2.0 * 64 * 16 * 32)
+    ]
+    assert dot.dimension_numbers == (((1,), (0,)), ((), ())) and xla_ops.seconds_alone(dot) > 0
