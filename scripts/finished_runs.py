@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 from collections.abc import Callable
 
 from absl import logging
@@ -26,3 +27,10 @@ def run_once(workdir: str, train: Callable, config, run_missing: bool = True) ->
         train(config, workdir)
     with open(results) as f, open(info) as g:
         return {"test": json.load(f)["test"], "info": json.load(g)}
+
+
+def percent(values: list[float]) -> str:
+    """Accuracies as percent: the value for one run, mean ± standard deviation for several."""
+    if len(values) == 1:
+        return f"{100 * values[0]:.1f}"
+    return f"{100 * statistics.mean(values):.1f} ± {100 * statistics.stdev(values):.1f}"

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 
 from absl import app, flags, logging
 
 from scripts import readme
+from scripts.finished_runs import percent
 
 _ROOT = flags.DEFINE_string("root", "/tmp/senteval_dann", "Where runs and results go.")
 _DATA = flags.DEFINE_string("data_dir", None, "SentEval folder (else $MTL_SENTEVAL_DIR).")
@@ -52,12 +52,6 @@ def run(name: str, config) -> dict | None:
         return json.load(f)
 
 
-def cell(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{100 * values[0]:.1f}"
-    return f"{100 * statistics.mean(values):.1f} ± {100 * statistics.stdev(values):.1f}"
-
-
 def render(results: dict[tuple[str, str], list[dict]]) -> str:
     lines = [
         "| source → target | training | source test accuracy | target test accuracy | "
@@ -71,9 +65,9 @@ def render(results: dict[tuple[str, str], list[dict]]) -> str:
         method = "source only" if float(scale) == 0 else f"DANN (reversal scale {scale})"
         lines.append(
             f"| {source} → {target} | {method} | "
-            f"{cell([r['source_test'] for r in reports])} | "
-            f"{cell([r['target_test'] for r in reports])} | "
-            f"{cell([r['domain_test'] for r in reports])} |"
+            f"{percent([r['source_test'] for r in reports])} | "
+            f"{percent([r['target_test'] for r in reports])} | "
+            f"{percent([r['domain_test'] for r in reports])} |"
         )
     return "\n".join(lines)
 

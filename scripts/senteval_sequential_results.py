@@ -21,11 +21,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import statistics
 
 from absl import app, flags, logging
 
 from scripts import readme
+from scripts.finished_runs import percent
 
 _ROOT = flags.DEFINE_string("root", "/tmp/senteval_ewc", "Where runs and results go.")
 _DATA = flags.DEFINE_string("data_dir", None, "SentEval folder (else $MTL_SENTEVAL_DIR).")
@@ -64,12 +64,6 @@ def run(strength: str, seed: str, config, previous: str | None) -> dict | None:
         return json.load(f)
 
 
-def mean_std(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{100 * values[0]:.1f}"
-    return f"{100 * statistics.mean(values):.1f} ± {100 * statistics.stdev(values):.1f}"
-
-
 def render(first: str, second: str, runs: dict[str, list[dict]]) -> str:
     lines = [
         f"| EWC strength | {first} after phase 1 | {first} after phase 2 | {first} drop | "
@@ -85,8 +79,7 @@ def render(first: str, second: str, runs: dict[str, list[dict]]) -> str:
         new = [r["final"][second]["accuracy"] for r in reports]
         label = "0 (plain sequential fine-tuning)" if float(strength) == 0 else strength
         lines.append(
-            f"| {label} | {mean_std(before)} | {mean_std(after)} | {mean_std(drop)} | "
-            f"{mean_std(new)} |"
+            f"| {label} | {percent(before)} | {percent(after)} | {percent(drop)} | {percent(new)} |"
         )
     return "\n".join(lines)
 
