@@ -24,6 +24,7 @@ import json
 import os
 import re
 import tempfile
+import time
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -146,8 +147,6 @@ def seconds_alone(dot: Dot, repeats: int = 10) -> float:
     """Best-of-`repeats` seconds of the same dot (float32) jitted on its own: the library's
     speed on that shape, a yardstick for the same op inside a step (best-of, because load from
     elsewhere only ever slows a run down)."""
-    import time
-
     lhs = jax.numpy.ones(dot.lhs, jax.numpy.float32)
     rhs = jax.numpy.ones(dot.rhs, jax.numpy.float32)
     run = jax.jit(lambda a, b: jax.lax.dot_general(a, b, dot.dimension_numbers))

@@ -51,7 +51,7 @@ def test_text_student_learns_from_a_lora_teacher_run(
         "attention_mask": np.ones((4, 16), np.int32),
         "token_type_ids": np.zeros((4, 16), np.int32),
     }
-    query = variables["params"]["trunk"]["layers"]["0"]["attention"]["query"]
+    query = variables["params"]["trunk"]["layers"][0]["attention"]["query"]
     assert np.abs(query["lora_b"]).max() > 0
     without_lora = jax.tree_util.tree_map_with_path(
         lambda path, v: v * 0 if "lora_b" in jax.tree_util.keystr(path) else v, variables

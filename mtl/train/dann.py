@@ -29,15 +29,12 @@ import os
 import jax
 import ml_collections
 import numpy as np
-import optax
 
-from mtl import checkpoint, parallel
 from mtl.data import arrays, sources
 from mtl.errors import ConfigError
 from mtl.tasks import tasks_from_config
 from mtl.train import loop, multitask, rebuild
 from mtl.train.multitask_step import make_steps
-from mtl.weighting import equal
 
 DOMAIN = "domain"
 
@@ -126,18 +123,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         return results
 
     # The source head on the target's test examples.
-    tasks = tasks_from_config(run_config.tasks)
-    model = rebuild.model(run_config, tasks, domains.train)
-    state = checkpoint.int_keys(loop.final_state(workdir))
+    state = loop.final_state(workdir)
     state = {"params": state["params"], "model_state": state["model_state"]}
-    source_task = [t for t in tasks if t.name == source]
-    eval_step = make_steps(model, source_task, optax.identity(), equal(), config.seed).eval_step
-    target_test = rebuild.test_data(run_config, target_as_source(data.test, source, target))
-    scored = loop.evaluate(
-        jax.jit(eval_step), state, target_test, config.eval_batch_size,
-        parallel.batch_sharding(parallel.make_mesh(config.get("mesh"))),
-        rebuild.prepare(run_config),
-    )  # fmt: skip
+    (source_task,) = [t for t in tasks_from_config(run_config.tasks) if t.name == source]
+    target_test = target_as_source(data.test, source, target)
+    scored = rebuild.evaluate(run_config, [source_task], state, target_test)
     results = results | {f"{target} (by the {source} head)": scored[source]}
     if jax.process_index() == 0:
         report = {

@@ -30,12 +30,11 @@ import ml_collections
 
 from mtl.data import arrays, text
 from mtl.errors import ConfigError
-from mtl.models import build_model
 from mtl.models.functional import PureModule
 from mtl.tasks import tasks_from_config
-from mtl.train import finetune, loop, multitask
+from mtl.train import loop, multitask, rebuild
 from mtl.train.multitask_step import Steps, make_steps
-from mtl.transfer import distill, strategies
+from mtl.transfer import distill
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -89,9 +88,7 @@ def load_teacher(workdir: str, input_shape, student_tasks, tokenizer_dir: str | 
     if bad:
         raise ConfigError(f"Distillation needs classification tasks; {', '.join(bad)} are not.")
     check_tokenizer(workdir, teacher_config, tokenizer_dir)
-    model = build_model(teacher_config.model, tasks, input_shape, teacher_config.seed)
-    if "finetune" in teacher_config:  # a fine-tuned teacher may carry LoRA factors
-        strategies.prepare_model(model, teacher_config.finetune, teacher_config.seed)
+    model = rebuild.model(teacher_config, tasks, input_shape)  # with its LoRA factors, if any
     trunk, _, _ = PureModule.split(model.trunk)
     heads = {name: PureModule.split(head)[0] for name, head in model.heads.items()}
     state = loop.final_state(workdir)
@@ -165,5 +162,5 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         )
         return with_teacher(steps, apply, variables)
 
-    trainer = finetune if "finetune" in config else multitask
+    trainer = rebuild.loop_module(config)
     return trainer.train_and_evaluate(config, workdir, steps_fn=steps_fn, data=data)

@@ -226,5 +226,7 @@ def report(
 
 
 def final_state(workdir: str) -> Any:
-    """The whole train state of the newest checkpoint in `workdir` (host arrays)."""
-    return checkpoint.read_on_host(os.path.join(workdir, "checkpoints"))
+    """The whole train state of the newest checkpoint in `workdir` (host arrays), with the
+    integer keys NNX gives list items (Orbax reads them back as "0", "1"...), so that its
+    parameters fit the model's own tree."""
+    return checkpoint.int_keys(checkpoint.read_on_host(os.path.join(workdir, "checkpoints")))

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mtl import checkpoint, parallel
+from mtl import checkpoint
 from mtl.data import arrays, sources
 from mtl.errors import ConfigError
 from mtl.models.functional import PureModule
@@ -68,7 +68,7 @@ def _phases(config) -> list[list[str]]:
 
 def _fisher(config, phase_tasks, params, model_state, data, rng):
     """Diagonal Fisher of the trunk for each task of a phase on its own examples, summed."""
-    model = rebuild.model(config, phase_tasks, data)
+    model = rebuild.model(config, phase_tasks, arrays.input_shape(data))
     trunk, _, _ = PureModule.split(model.trunk)
     prepare = rebuild.prepare(config)
     size, limit = int(config.sequential.fisher_batch), int(config.sequential.fisher_examples)
@@ -160,8 +160,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if not results:  # preempted: the same command resumes this phase
             return results
         per_phase.append(results)
-        # Orbax gives list-like dict keys back as "0", "1"...: NNX uses ints.
-        state = checkpoint.int_keys(loop.final_state(os.path.join(workdir, f"phase{k}")))
+        state = loop.final_state(os.path.join(workdir, f"phase{k}"))
         heads.update(state["params"]["heads"])
         trunk_start = (state["params"]["trunk"], state["model_state"])
         anchor = state["params"]["trunk"]
@@ -172,28 +171,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             fisher = f if fisher is None else jax.tree.map(jnp.add, fisher, f)
 
     # Every task with the final trunk and its own head.
-    model = rebuild.model(config, all_tasks, data.train)
-    steps = make_steps(model, all_tasks, _no_optimizer(), _no_weighting(), config.seed)
     state = {"params": {"trunk": trunk_start[0], "heads": heads}, "model_state": trunk_start[1]}
-    mesh = parallel.make_mesh(config.get("mesh"))
-    final = loop.evaluate(
-        jax.jit(steps.eval_step), state, rebuild.test_data(config, data.test),
-        config.eval_batch_size, parallel.batch_sharding(mesh), rebuild.prepare(config),
-    )  # fmt: skip
+    final = rebuild.evaluate(config, all_tasks, state, data.test)
     report = {"final": final, "after_phase": per_phase, "phases": phases, "ewc": strength}
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "results.json"), "w") as f:
             json.dump(report, f, indent=2, default=float)
     return final
-
-
-def _no_optimizer():
-    import optax
-
-    return optax.identity()
-
-
-def _no_weighting():
-    from mtl.weighting import equal
-
-    return equal()
