@@ -21,6 +21,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from mtl.errors import CheckpointError, ConfigError
+from mtl.models.trunks import TRUNKS
 
 PyTree = Any
 
@@ -180,8 +181,8 @@ def check_config(workdir: str, config: ml_collections.ConfigDict, keys: tuple[st
     path = epath.Path(workdir) / "config.json"
     if not path.exists():
         return
-    saved = json.loads(path.read_text())
-    current = _as_dict(config)
+    saved = _unused_trunks_dropped(json.loads(path.read_text()))
+    current = _unused_trunks_dropped(_as_dict(config))
     changed = [k for k in keys if saved.get(k) != current.get(k)]
     if changed:
         details = [
@@ -194,6 +195,21 @@ def check_config(workdir: str, config: ml_collections.ConfigDict, keys: tuple[st
             f"{', '.join(changed)} ({'; '.join(details[:10])}). Use a new --workdir, or the "
             "same config to resume. Nothing in the workdir was changed."
         )
+
+
+def _unused_trunks_dropped(config: dict) -> dict:
+    """`config` without the option blocks of the trunks it does not use.
+
+    `model` holds one block of defaults per registered trunk; only `model.trunk`'s block shapes
+    the checkpoint. Without this, registering a new trunk (a new default block) would refuse to
+    resume every run recorded before it.
+    """
+
+    model = config.get("model")
+    if not isinstance(model, dict) or "trunk" not in model:
+        return config
+    kept = {k: v for k, v in model.items() if k not in TRUNKS or k == model["trunk"]}
+    return {**config, "model": kept}
 
 
 def record_config(workdir: str, config: ml_collections.ConfigDict) -> None:

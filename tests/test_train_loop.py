@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from configs import omniglot_mtl
+from mtl import checkpoint
 from mtl.errors import ConfigError, DataError
 from mtl.train import multitask
 
@@ -165,3 +166,16 @@ def test_resume_with_a_different_model_is_refused(config, tmp_path):
     with pytest.raises(ConfigError, match="differs in: model"):
         multitask.train_and_evaluate(config, str(tmp_path))
     assert json.loads((tmp_path / "config.json").read_text()) == {"model": {"trunk": "mlp"}}
+
+
+def test_resume_ignores_option_blocks_of_trunks_not_in_use(config, tmp_path):
+    """A run recorded before a trunk was registered (no block for it) still resumes."""
+    checkpoint.record_config(str(tmp_path), config)
+    recorded = json.loads((tmp_path / "config.json").read_text())
+    del recorded["model"]["bert"]  # as recorded before the bert trunk existed
+    recorded["model"]["mlp"]["hidden"] = [7]  # an unused trunk's options do not matter
+    (tmp_path / "config.json").write_text(json.dumps(recorded))
+    checkpoint.check_config(str(tmp_path), config, ("model",))
+    config.model.conv4.filters += 1  # the trunk in use does
+    with pytest.raises(ConfigError, match=r"model\.conv4\.filters"):
+        checkpoint.check_config(str(tmp_path), config, ("model",))
