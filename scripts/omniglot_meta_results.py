@@ -41,7 +41,7 @@ RUNS = {
         omniglot_maml,
         "",
         {
-            "num_steps": 1200,
+            "num_steps": 5000,
             "meta.meta_batch": 8,
             "eval.shots": (1, 5),
             "eval.inner_steps": 5,
