@@ -2,7 +2,7 @@
 
     python -m benchmarks.finetune_step                      # MiniLM, batch 32, 128 tokens
     python -m benchmarks.finetune_step --seq_len=64 --rounds=7 --dropout=0.0
-    python -m benchmarks.finetune_step --rounds=1 --profile   # where our step's time goes
+    python -m benchmarks.finetune_step --rounds=1 --profile   # where both steps spend their time
 
 Both sides start from the same all-MiniLM-L6-v2 weights (ours converted with `mtl.convert`)
 and run one full fine-tuning step: embeddings + 6 layers with dropout, mean pooling over real
@@ -30,7 +30,7 @@ _ROUNDS = flags.DEFINE_integer("rounds", 5, "Timed rounds (each side once per ro
 _STEPS = flags.DEFINE_integer("steps", 3, "Steps per side per round.")
 _DROPOUT = flags.DEFINE_float("dropout", 0.1, "Hidden and attention dropout on both sides.")
 _THREADS = flags.DEFINE_integer("torch_threads", 0, "PyTorch threads (0: all CPU cores).")
-_PROFILE = flags.DEFINE_bool("profile", False, "Then print where our step spends its time.")
+_PROFILE = flags.DEFINE_bool("profile", False, "Then print where both steps spend their time.")
 
 NUM_CLASSES = 2
 LR = 5e-5
@@ -165,10 +165,11 @@ def main(argv):
     ratio = medians["PyTorch"] / medians["ours (JAX)"]
     print(f"  ratio (ours tokens/s / PyTorch tokens/s): {ratio:.2f}")
     if _PROFILE.value:
-        from benchmarks import xla_ops
+        from benchmarks import torch_ops, xla_ops
 
         report = xla_ops.report(run_ours, _STEPS.value, hlo_text=hlo_text)
         print(f"\nours (JAX):\n{report}")
+        print(f"PyTorch:\n{torch_ops.report(sides['PyTorch'], _STEPS.value)}")
 
 
 if __name__ == "__main__":

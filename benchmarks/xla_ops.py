@@ -10,9 +10,10 @@ thunks (`while`, `call`, `conditional`) are left out, since their bodies are cou
 Match an op name to its HLO with `XLA_FLAGS=--xla_dump_to=DIR --xla_dump_hlo_as_text`.
 
 Given the compiled program's HLO text (`jax.jit(f).lower(...).compile().as_text()`), `report`
-also lists the matmul ops with their shapes, FLOPs and GFLOP/s, in the step and for the same
-dot jitted alone: a shape the library is slow at shows slow in both, a slowdown that comes
-from the step around it (concurrent ops, memory) only in the step.
+also lists the matmuls, ops that run the same dot grouped in one row, with their shapes,
+contracted dimensions, FLOPs and GFLOP/s, in the step and for the same dot jitted alone: a
+shape the library is slow at shows slow in both, a slowdown that comes from the step around
+it (concurrent ops, memory) only in the step.
 """
 
 from __future__ import annotations
@@ -183,19 +184,24 @@ def report(
         seconds = sum(timed.values()) / 1e3
         rate = sum(d.flops for op in timed for d in per_op[op]) / max(seconds, 1e-12) / 1e9
         lines += [
-            f"Matmul ops: {1e3 * seconds:.1f} ms per step at {rate:.0f} GFLOP/s overall. "
-            "'Alone': the same dot jitted by itself (for ops with one dot).",
+            f"Matmul ops: {1e3 * seconds:.1f} ms per step at {rate:.0f} GFLOP/s overall. Ops "
+            "running the same dots (shapes and contracted dimensions) are one row; 'alone': "
+            "that dot jitted by itself (for ops with one dot).",
             "",
-            "| op | ms / step | GFLOP | GFLOP/s in the step | GFLOP/s alone | shapes |",
+            "| ops | ms / step | GFLOP | GFLOP/s in the step | GFLOP/s alone | dot |",
             "| --- | --- | --- | --- | --- | --- |",
         ]
-        for op, ms in collections.Counter(timed).most_common(top):
-            found = per_op[op]
-            gflop = sum(d.flops for d in found) / 1e9
-            alone = f"{gflop / seconds_alone(found[0]):.0f}" if len(found) == 1 else "-"
-            lines.append(
-                f"| {op} | {ms:.1f} | {gflop:.2f} | {gflop / ms * 1e3:.0f} | {alone} | "
-                f"{'; '.join(map(str, found))} |"
-            )
+        groups: dict[tuple[Dot, ...], list[str]] = collections.defaultdict(list)
+        for op in timed:
+            groups[tuple(per_op[op])].append(op)
+        by_time = sorted(groups.items(), key=lambda g: -sum(timed[op] for op in g[1]))
+        for found, ops in by_time[:top]:
+            ms = sum(timed[op] for op in ops)
+            gflop = len(ops) * sum(d.flops for d in found) / 1e9
+            alone = f"{gflop / len(ops) / seconds_alone(found[0]):.0f}" if len(found) == 1 else "-"
+            dots = "; ".join(f"{d}, contracting {d.dimension_numbers[0]}" for d in found)
+            label = ops[0] if len(ops) == 1 else f"{len(ops)} ({ops[0]}, ...)"
+            rate = gflop / ms * 1e3
+            lines.append(f"| {label} | {ms:.1f} | {gflop:.2f} | {rate:.0f} | {alone} | {dots} |")
         lines.append("")
     return "\n".join(lines)

@@ -47,9 +47,23 @@ def test_dot_flops_counts_fused_and_batched_matmuls_from_the_compiled_hlo():
         4,
         hlo_text=compiled.as_text(),
     )
-    header = "| op | ms / step | GFLOP | GFLOP/s in the step | GFLOP/s alone | shapes |"
+    header = "| ops | ms / step | GFLOP | GFLOP/s in the step | GFLOP/s alone | dot |"
     assert header in report, report
+    assert "[64, 32] x [32, 16] -> [64, 16], contracting ((1,), (0,))" in report, report
     (dot,) = xla_ops.dots_per_op(compiled.as_text())[
         next(op for op, (f, _) in flops.items() if f == 2.0 * 64 * 16 * 32)
     ]
     assert dot.dimension_numbers == (((1,), (0,)), ((), ())) and xla_ops.seconds_alone(dot) > 0
+
+
+def test_torch_profile_names_the_peer_ops_per_step():
+    import torch
+
+    from benchmarks import torch_ops
+
+    a = torch.ones(256, 256)
+    report = torch_ops.report(lambda n: [torch.tanh(a @ a) for _ in range(n)], 4)
+    assert "| op | ms / step | calls / step | share |" in report
+    assert "| aten::mm | " in report and "| aten::tanh | " in report, report
+    mm_row = next(line for line in report.splitlines() if line.startswith("| aten::mm |"))
+    assert mm_row.split(" | ")[2] == "1"  # 4 calls over 4 steps
