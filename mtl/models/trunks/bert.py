@@ -34,7 +34,7 @@ from mtl.models.trunks import TRUNKS
 POOLINGS = ("mean", "cls", "pooler")
 ACTIVATIONS = {
     # Hugging Face's "gelu" is the erf form. Written with `erf`, not `jax.nn.gelu(x, approximate
-    # =False)`, whose `erfc` runs 2.7x slower on XLA CPU; the two agree to 1e-6.
+    # =False)`, whose `erfc` XLA CPU expands into costlier code; the two agree to 1e-6.
     "gelu": lambda x: 0.5 * x * (1.0 + lax.erf(x * (1.0 / math.sqrt(2.0)))),
     "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
     "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
