@@ -54,9 +54,9 @@ def run(name: str, config) -> dict | None:
 
 def render(results: dict[tuple[str, str], list[dict]]) -> str:
     lines = [
-        "| source → target | training | source test accuracy | target test accuracy | "
+        "| source → target | training | seeds | source test accuracy | target test accuracy | "
         "domain classifier test accuracy |",
-        "| --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for (pair, scale), reports in results.items():
         if not reports:
@@ -64,7 +64,7 @@ def render(results: dict[tuple[str, str], list[dict]]) -> str:
         source, target = pair.split(":")
         method = "source only" if float(scale) == 0 else f"DANN (reversal scale {scale})"
         lines.append(
-            f"| {source} → {target} | {method} | "
+            f"| {source} → {target} | {method} | {', '.join(str(r['seed']) for r in reports)} | "
             f"{percent([r['source_test'] for r in reports])} | "
             f"{percent([r['target_test'] for r in reports])} | "
             f"{percent([r['domain_test'] for r in reports])} |"
@@ -95,15 +95,14 @@ def main(argv):
                 report = run(f"{pair.replace(':', '_to_')}_scale{scale}_seed{seed}", config)
                 results.setdefault((pair, scale), [])
                 if report is not None:
-                    results[(pair, scale)].append(report)
+                    results[(pair, scale)].append({**report, "seed": int(seed)})
     options = senteval_dann.get_config()
     markdown = (
         render(results)
         + "\n\n"
         + (
-            f"Test accuracy (%), seeds {', '.join(_SEEDS.value)}"
-            + (" (mean ± standard deviation)" if len(_SEEDS.value) > 1 else "")
-            + f". Each run: {_STEPS.value} steps of full fine-tuning, batch "
+            "Test accuracy (%): the mean ± standard deviation over the seeds of a row when it "
+            f"has several. Each run: {_STEPS.value} steps of full fine-tuning, batch "
             f"{options.batch_size} drawn from the source's labelled sentences and as many of the "
             "target's sentences (their labels unused), AdamW at "
             f"{options.optimizer.learning_rate:g} with warm-up and cosine decay; the domain "
