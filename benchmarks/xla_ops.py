@@ -76,6 +76,7 @@ class Dot(NamedTuple):
 
     @property
     def flops(self) -> float:
+        """2 * |out| * K: one multiply and one add per output element and contracted element."""
         k = 1
         for axis in self.dimension_numbers[0][0]:
             k *= self.lhs[axis]
@@ -133,15 +134,6 @@ def dots_per_op(hlo_text: str) -> dict[str, list[Dot]]:
         if found:
             out[op] = found
     return out
-
-
-def dot_flops(hlo_text: str) -> dict[str, tuple[float, str]]:
-    """`{op: (flops, "lhs x rhs -> out")}`: a dot of output shape O contracting K elements
-    costs 2 * |O| * K FLOPs; a fusion, the sum of its dots."""
-    return {
-        op: (sum(d.flops for d in found), "; ".join(map(str, found)))
-        for op, found in dots_per_op(hlo_text).items()
-    }
 
 
 def seconds_alone(dot: Dot, repeats: int = 10) -> float:

@@ -204,7 +204,6 @@ def _unused_trunks_dropped(config: dict) -> dict:
     the checkpoint. Without this, registering a new trunk (a new default block) would refuse to
     resume every run recorded before it.
     """
-
     model = config.get("model")
     if not isinstance(model, dict) or "trunk" not in model:
         return config

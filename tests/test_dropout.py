@@ -40,3 +40,9 @@ def test_same_seed_same_mask_under_jit():
     a = apply(Dropout(0.1, rngs=nnx.Rngs(dropout=7)), x)
     b = apply(Dropout(0.1, rngs=nnx.Rngs(dropout=7)), x)
     np.testing.assert_array_equal(a, b)
+
+
+def test_no_deterministic_anywhere_is_refused_as_by_nnx():
+    layer = Dropout(0.1, deterministic=None, rngs=nnx.Rngs(dropout=0))
+    with pytest.raises(ValueError, match="No `deterministic` argument"):
+        layer(jnp.ones((4, 4)))

@@ -29,18 +29,18 @@ def test_kind_drops_only_the_numeric_suffix():
     assert xla_ops.kind("copy") == "copy"
 
 
-def test_dot_flops_counts_fused_and_batched_matmuls_from_the_compiled_hlo():
+def test_matmuls_are_found_fused_and_batched_with_their_flops_in_the_compiled_hlo():
     def step(a, b, q, k):
         return jnp.tanh(a @ b).sum() + jnp.einsum("bqd,bkd->bqk", q, k).sum()
 
     args = (jnp.ones((64, 32)), jnp.ones((32, 16)), jnp.ones((3, 8, 4)), jnp.ones((3, 5, 4)))
     compiled = jax.jit(step).lower(*args).compile()
 
-    flops = xla_ops.dot_flops(compiled.as_text())
+    per_op = xla_ops.dots_per_op(compiled.as_text())
 
-    totals = sorted(f for f, _ in flops.values())
-    assert totals == sorted([2.0 * 64 * 16 * 32, 2.0 * 3 * 8 * 5 * 4]), flops
-    described = " ".join(shapes for _, shapes in flops.values())
+    flops = {op: sum(d.flops for d in dots) for op, dots in per_op.items()}
+    assert sorted(flops.values()) == sorted([2.0 * 64 * 16 * 32, 2.0 * 3 * 8 * 5 * 4]), per_op
+    described = " ".join(str(d) for dots in per_op.values() for d in dots)
     assert "[64, 32] x [32, 16] -> [64, 16]" in described, described
     report = xla_ops.report(
         lambda n: [compiled(*args).block_until_ready() for _ in range(n)],
@@ -50,9 +50,7 @@ def test_dot_flops_counts_fused_and_batched_matmuls_from_the_compiled_hlo():
     header = "| ops | ms / step | GFLOP | GFLOP/s in the step | GFLOP/s alone | dot |"
     assert header in report, report
     assert "[64, 32] x [32, 16] -> [64, 16], contracting ((1,), (0,))" in report, report
-    (dot,) = xla_ops.dots_per_op(compiled.as_text())[
-        next(op for op, (f, _) in flops.items() if f == 2.0 * 64 * 16 * 32)
-    ]
+    (dot,) = per_op[next(op for op, f in flops.items() if f == 2.0 * 64 * 16 * 32)]
     assert dot.dimension_numbers == (((1,), (0,)), ((), ())) and xla_ops.seconds_alone(dot) > 0
 
 

@@ -1,7 +1,7 @@
 """Dropout whose keep mask costs half the random bits of `nnx.Dropout`'s.
 
 `nnx.Dropout` draws one float32 uniform, 32 Threefry bits, per element. On CPU that draw is
-most of dropout's cost: about 12% of the BERT fine-tuning step (`benchmarks/finetune_step.py
+most of dropout's cost, about a tenth of the BERT fine-tuning step (`benchmarks/finetune_step.py
 --profile`), where attention dropout masks a [batch, heads, length, length] tensor in every
 layer. Sixteen bits per element are plenty to decide keep or drop, so each 32-bit draw here
 serves two elements (its high and low halves). The drop probability is the rate rounded to a
@@ -36,13 +36,13 @@ def keep_mask(key: jax.Array, rate: float, shape: tuple[int, ...], out_sharding=
 class Dropout(nnx.Dropout):
     """`nnx.Dropout` (same constructor, streams and scaling) with `keep_mask`'s 16-bit draws.
 
-    Broadcast dimensions, an explicit `rngs` argument and the rates 0 and 1 take `nnx.Dropout`'s
-    own path."""
+    Broadcast dimensions, an explicit `rngs` argument, the rates 0 and 1, and any call that is
+    not explicitly non-deterministic take `nnx.Dropout`'s own path."""
 
     def __call__(self, inputs, *, deterministic: bool | None = None, rngs=None) -> jax.Array:
         deterministic = self.deterministic if deterministic is None else deterministic
         if (
-            deterministic
+            deterministic is not False  # True, or None: nnx.Dropout raises its own error
             or self.rate in (0.0, 1.0)
             or self.broadcast_dims
             or rngs is not None
