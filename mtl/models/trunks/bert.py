@@ -125,10 +125,13 @@ class Layer(nnx.Module):
         self.dropout = Dropout(dropout, rngs=rngs)
         self.act = act
 
-    def __call__(self, x: jax.Array, key_mask: jax.Array, *, train: bool) -> jax.Array:
-        x = self.attention(x, key_mask, train=train)
+    def feed_forward(self, x: jax.Array, *, train: bool) -> jax.Array:
+        """The block after attention: dense, activation, dense, dropout, residual, norm."""
         h = self.output(ACTIVATIONS[self.act](self.intermediate(x)))
         return self.norm(x + self.dropout(h, deterministic=not train))
+
+    def __call__(self, x: jax.Array, key_mask: jax.Array, *, train: bool) -> jax.Array:
+        return self.feed_forward(self.attention(x, key_mask, train=train), train=train)
 
 
 @TRUNKS.register("bert")
