@@ -28,6 +28,7 @@ from flax import nnx
 from jax import lax
 
 from mtl.errors import ConfigError
+from mtl.models.dense import Dense
 from mtl.models.dropout import Dropout
 from mtl.models.trunks import TRUNKS
 
@@ -46,8 +47,8 @@ TEXT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 _INIT = nnx.initializers.normal(0.02)
 
 
-def _dense(cin: int, cout: int, dtype, rngs: nnx.Rngs) -> nnx.Linear:
-    return nnx.Linear(cin, cout, kernel_init=_INIT, dtype=dtype, rngs=rngs)
+def _dense(cin: int, cout: int, dtype, rngs: nnx.Rngs) -> Dense:
+    return Dense(cin, cout, kernel_init=_INIT, dtype=dtype, rngs=rngs)
 
 
 class Embeddings(nnx.Module):
