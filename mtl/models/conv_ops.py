@@ -5,6 +5,8 @@ turns `lax.conv_general_dilated` into a grouped convolution, which XLA on CPU ru
 times slower than a plain one. Written as `patches @ kernel`, the same vmap gives a batched
 matmul, which XLA runs at matmul speed; with a kernel shared by all tasks it is one big matmul.
 The kernel layout is Flax's [kh, kw, cin, cout], so parameters are the same in both forms.
+The windows are flattened to rows before the matmul for the reason `mtl.models.dense` gives:
+the kernel gradient then contracts one dimension, which XLA CPU runs as a plain matmul.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from mtl.models.dense import rows
 
 
 def same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:
@@ -50,5 +54,7 @@ def conv_matmul(
 ) -> jax.Array:
     """SAME convolution of `x` [B, H, W, C] with `kernel` [kh, kw, C, O] as one matmul."""
     kh, kw, cin, cout = kernel.shape
-    out = patches(x, (kh, kw), stride) @ kernel.reshape(kh * kw * cin, cout)
+    windows = patches(x, (kh, kw), stride)
+    out = rows(windows) @ kernel.reshape(kh * kw * cin, cout)
+    out = out.reshape(*windows.shape[:-1], cout)
     return out if bias is None else out + bias
