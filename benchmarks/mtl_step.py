@@ -37,6 +37,7 @@ _STEPS = flags.DEFINE_integer("steps", 10, "Train steps per round and method.")
 _BATCH = flags.DEFINE_integer("batch_size", 96, "Global batch (split evenly over the tasks).")
 _FILTERS = flags.DEFINE_integer("filters", 64, "conv4 filters.")
 _TASKS = flags.DEFINE_integer("num_tasks", 6, "Number of tasks.")
+_CONV = flags.DEFINE_enum("conv", "xla", ["xla", "matmul"], "conv4's convolution form (ours).")
 _PROFILE = flags.DEFINE_list("profile", [], "Methods whose step to profile after timing.")
 _CLASSES = 20
 
@@ -75,6 +76,7 @@ def ours(name: str, options: dict, batch: dict, num_tasks: int):
     )
     config = default_config()
     config.conv4.filters = _FILTERS.value
+    config.conv4.conv = _CONV.value
     model = build_model(config, tasks, (28, 28, 1), seed=0)
     steps = make_steps(model, tasks, optax.adam(1e-3), get_weighting(name, options), seed=0)
     state = jax.jit(steps.init)()
@@ -263,7 +265,8 @@ def main(argv):
     }
     ours_eq, peer_eq = med["equal"]
     print(
-        f"{num_tasks} tasks, conv4 ({_FILTERS.value} filters), batch {_BATCH.value}, "
+        f"{num_tasks} tasks, conv4 ({_FILTERS.value} filters, ours conv={_CONV.value}), "
+        f"batch {_BATCH.value}, "
         f"{_ROUNDS.value} rounds x {_STEPS.value} steps, medians; torch threads "
         f"{torch.get_num_threads()}, jax devices {jax.device_count()}"
     )
