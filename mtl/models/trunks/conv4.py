@@ -6,10 +6,12 @@ resolution either with a stride-2 convolution (MAML's Omniglot setting) or with 
 `filters`-wide representation; `pooling="flatten"` keeps the spatial layout instead.
 
 `conv` picks how the convolutions are computed, not what they compute: `"xla"` calls
-`lax.conv_general_dilated` (fastest for one set of weights); `"matmul"` writes each convolution
-as shifted slices and one matmul (`mtl.models.conv_ops`), which stays fast when `jax.vmap` gives
-every task its own weights, as in the MAML inner loop on CPU. Parameters and outputs are the
-same in both forms, so checkpoints move freely between them.
+`lax.conv_general_dilated` (the form for accelerators, and on CPU for `jax.vmap` over per-task
+gradients of shared weights, as in PCGrad); `"matmul"` writes each convolution as shifted
+slices and one matmul (`mtl.models.conv_ops`), which stays fast when `jax.vmap` gives every task
+its own weights, as in the MAML inner loop, and on XLA CPU is also the faster form for one
+gradient (`benchmarks/mtl_step.py --conv`). Parameters and outputs are the same in both forms,
+so checkpoints move freely between them.
 """
 
 from __future__ import annotations
