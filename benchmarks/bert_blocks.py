@@ -35,16 +35,30 @@ from absl import app, flags
 
 BLOCKS = ("attention", "feed_forward", "layer")
 
-_BATCH = flags.DEFINE_integer("batch_size", 32, "Sentences per step.")
-_SEQ = flags.DEFINE_integer("seq_len", 128, "Tokens per sentence (padded).")
-_ROUNDS = flags.DEFINE_integer("rounds", 5, "Timed rounds (each side once per round).")
-_STEPS = flags.DEFINE_integer("steps", 5, "Forward-backward passes per side per round.")
-_BLOCKS = flags.DEFINE_list("blocks", list(BLOCKS), f"Blocks to time, of {', '.join(BLOCKS)}.")
-_THREADS = flags.DEFINE_integer("torch_threads", 0, "PyTorch threads (0: all CPU cores).")
-_PROFILE = flags.DEFINE_bool("profile", False, "Then print where our blocks spend their time.")
-_FUSED = flags.DEFINE_bool(
-    "torch_fused_attention", False, "Let PyTorch pick its fused attention kernel (no dropout)."
-)
+
+def _define_flags() -> dict:
+    """The command line's flags. Defined only when run as a script: absl flags are global,
+    and the test suite imports this module beside scripts that define `steps` and `rounds`."""
+    return {
+        "batch_size": flags.DEFINE_integer("batch_size", 32, "Sentences per step."),
+        "seq_len": flags.DEFINE_integer("seq_len", 128, "Tokens per sentence (padded)."),
+        "rounds": flags.DEFINE_integer("rounds", 5, "Timed rounds (each side once per round)."),
+        "steps": flags.DEFINE_integer("steps", 5, "Forward-backward passes per side per round."),
+        "blocks": flags.DEFINE_list(
+            "blocks", list(BLOCKS), f"Blocks to time, of {', '.join(BLOCKS)}."
+        ),
+        "torch_threads": flags.DEFINE_integer(
+            "torch_threads", 0, "PyTorch threads (0: all CPU cores)."
+        ),
+        "profile": flags.DEFINE_bool(
+            "profile", False, "Then print where our blocks spend their time."
+        ),
+        "torch_fused_attention": flags.DEFINE_bool(
+            "torch_fused_attention",
+            False,
+            "Let PyTorch pick its fused attention kernel (no dropout).",
+        ),
+    }
 
 
 def _inputs(batch: int, seq: int, hidden: int, seed: int = 0):
@@ -202,7 +216,7 @@ def table(rows) -> str:
     return "\n".join(lines)
 
 
-def main(argv):
+def main(argv, options: dict) -> None:
     del argv
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import jax
@@ -210,23 +224,24 @@ def main(argv):
 
     from mtl.convert import package_dir
 
-    torch.set_num_threads(_THREADS.value or os.cpu_count())
+    value = {name: holder.value for name, holder in options.items()}
+    torch.set_num_threads(value["torch_threads"] or os.cpu_count())
     rows = compare(
         package_dir(),
-        _BLOCKS.value,
-        _BATCH.value,
-        _SEQ.value,
-        _ROUNDS.value,
-        _STEPS.value,
-        _FUSED.value,
-        _PROFILE.value,
+        value["blocks"],
+        value["batch_size"],
+        value["seq_len"],
+        value["rounds"],
+        value["steps"],
+        value["torch_fused_attention"],
+        value["profile"],
     )
     print(
-        f"all-MiniLM-L6-v2 layer 0, forward + backward, batch {_BATCH.value} x {_SEQ.value} "
-        f"tokens, no dropout; medians of {_ROUNDS.value} rounds x {_STEPS.value} passes; "
-        f"{os.cpu_count()} CPU cores; jax {jax.__version__}, torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), PyTorch attention: "
-        f"{'its choice' if _FUSED.value else 'sdpa math backend'}"
+        f"all-MiniLM-L6-v2 layer 0, forward + backward, batch {value['batch_size']} x "
+        f"{value['seq_len']} tokens, no dropout; medians of {value['rounds']} rounds x "
+        f"{value['steps']} passes; {os.cpu_count()} CPU cores; jax {jax.__version__}, torch "
+        f"{torch.__version__} ({torch.get_num_threads()} threads), PyTorch attention: "
+        f"{'its choice' if value['torch_fused_attention'] else 'sdpa math backend'}"
     )
     print(table(rows))
     for row in rows:
@@ -235,4 +250,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    _OPTIONS = _define_flags()
+    app.run(lambda argv: main(argv, _OPTIONS))
