@@ -1,6 +1,9 @@
-"""Small builders shared by tests: toy tasks and data, and a plain equal-weight method."""
+"""Small builders shared by tests: toy tasks and data, a plain equal-weight method, and a
+count of the matmuls XLA CPU leaves to its slow fallback."""
 
 from __future__ import annotations
+
+import re
 
 import jax.numpy as jnp
 import numpy as np
@@ -45,3 +48,9 @@ def sum_of_losses() -> Weighting:
             state,
         ),
     )
+
+
+def doubly_transposed_dots(hlo_text: str) -> int:
+    """Dots in compiled HLO that contract lhs dim 0 with rhs dim 1 (both operands transposed):
+    the form XLA CPU's library kernels do not take (see mtl/models/dense.py)."""
+    return len(re.findall(r"lhs_contracting_dims=\{0\}, rhs_contracting_dims=\{1\}", hlo_text))

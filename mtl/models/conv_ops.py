@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from mtl.models.dense import rows
+from mtl.models.dense import on_rows
 
 
 def same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:
@@ -55,6 +55,5 @@ def conv_matmul(
     """SAME convolution of `x` [B, H, W, C] with `kernel` [kh, kw, C, O] as one matmul."""
     kh, kw, cin, cout = kernel.shape
     windows = patches(x, (kh, kw), stride)
-    out = rows(windows) @ kernel.reshape(kh * kw * cin, cout)
-    out = out.reshape(*windows.shape[:-1], cout)
+    out = on_rows(lambda rows: rows @ kernel.reshape(kh * kw * cin, cout), windows)
     return out if bias is None else out + bias

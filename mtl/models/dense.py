@@ -10,20 +10,21 @@ matmul. The values are the same up to float summation order; the parameters are 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 from flax import nnx
 
 
-def rows(x: jax.Array) -> jax.Array:
-    """[..., features] -> [rows, features]."""
-    return x.reshape(-1, x.shape[-1])
+def on_rows(matmul: Callable[[jax.Array], jax.Array], x: jax.Array) -> jax.Array:
+    """`matmul` applied to `x` [..., features] flattened to [rows, features], its output
+    [rows, out] given back the leading dimensions: [..., out]."""
+    out = matmul(x.reshape(-1, x.shape[-1]))
+    return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
 class Dense(nnx.Linear):
     """`nnx.Linear` (same constructor and parameters) applied to [rows, features]."""
 
     def __call__(self, inputs: jax.Array) -> jax.Array:
-        if inputs.ndim <= 2:
-            return super().__call__(inputs)
-        out = super().__call__(rows(inputs))
-        return out.reshape(*inputs.shape[:-1], out.shape[-1])
+        return on_rows(super().__call__, inputs)
