@@ -73,18 +73,13 @@ def _inputs(batch: int, seq: int, hidden: int, seed: int = 0):
     return states, mask, cotangent
 
 
-def ours(
-    hf_dir: str, block: str, states, mask, cotangent
-) -> tuple[Callable[[int], None], object, str]:
-    """`(run, output, hlo_text)`: `run(n)` takes n jitted forward-backward passes of our
-    block; `hlo_text` is the compiled pass's HLO."""
+def ours(layer, block: str, states, mask, cotangent) -> tuple[Callable[[int], None], object, str]:
+    """`(run, output, hlo_text)`: `run(n)` takes n jitted forward-backward passes of the block
+    of our encoder `layer`; `hlo_text` is the compiled pass's HLO."""
     import jax
     import jax.numpy as jnp
     from flax import nnx
 
-    from mtl.convert import load_bert
-
-    layer = load_bert(hf_dir, dropout=0.0, attention_dropout=0.0).layers[0]
     module = layer.attention if block == "attention" else layer
     graph, params, rest = nnx.split(module, nnx.Param, ...)
     key_mask, cotangent = jnp.asarray(mask), jnp.asarray(cotangent)
@@ -109,17 +104,11 @@ def ours(
     return run, jax.jit(forward)(params, x), step.as_text()
 
 
-def peer(
-    hf_dir: str, block: str, states, mask, cotangent, fused_attention: bool = False
-) -> tuple[Callable[[int], None], object]:
-    """`(run, output)`: the same for transformers' module, with the mask `BertModel` builds."""
-    import contextlib
-
+def torch_layer(hf_dir: str, mask):
+    """transformers' encoder layer 0 (dropout off, train mode) and the attention mask
+    `BertModel` builds for `mask` and hands its layers (captured with a pre-hook)."""
     import torch
-    from torch.nn.attention import SDPBackend, sdpa_kernel
     from transformers import BertModel
-
-    backend = contextlib.nullcontext if fused_attention else lambda: sdpa_kernel(SDPBackend.MATH)
 
     model = BertModel.from_pretrained(
         hf_dir, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, add_pooling_layer=False
@@ -133,7 +122,19 @@ def peer(
     with torch.no_grad():
         model(input_ids=ids, attention_mask=torch.tensor(mask, dtype=torch.long))
     hook.remove()
-    attention_mask = seen["attention_mask"] if "attention_mask" in seen else seen["args"][1]
+    return layer, seen["attention_mask"] if "attention_mask" in seen else seen["args"][1]
+
+
+def peer(
+    layer, attention_mask, block: str, states, cotangent, fused_attention: bool = False
+) -> tuple[Callable[[int], None], object]:
+    """`(run, output)`: the same for the block of transformers' encoder `layer`."""
+    import contextlib
+
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backend = contextlib.nullcontext if fused_attention else lambda: sdpa_kernel(SDPBackend.MATH)
 
     if block == "attention":
         modules = [layer.attention]
@@ -176,13 +177,18 @@ def compare(
     and, with `profile`, our pass's `benchmarks.xla_ops` report."""
     import numpy as np
 
-    rows = []
+    from mtl.convert import load_bert
+
     for block in blocks:
         if block not in BLOCKS:
             raise ValueError(f"Unknown block {block!r}: pick from {', '.join(BLOCKS)}.")
-        states, mask, cotangent = _inputs(batch, seq, hidden=384)
-        run_ours, out_ours, hlo_text = ours(hf_dir, block, states, mask, cotangent)
-        run_peer, out_peer = peer(hf_dir, block, states, mask, cotangent, fused)
+    states, mask, cotangent = _inputs(batch, seq, hidden=384)
+    our_layer = load_bert(hf_dir, dropout=0.0, attention_dropout=0.0).layers[0]
+    their_layer, attention_mask = torch_layer(hf_dir, mask)
+    rows = []
+    for block in blocks:
+        run_ours, out_ours, hlo_text = ours(our_layer, block, states, mask, cotangent)
+        run_peer, out_peer = peer(their_layer, attention_mask, block, states, cotangent, fused)
         real = mask[..., None]  # padded positions are outputs nobody reads
         difference = float(np.max(np.abs(np.asarray(out_ours) - out_peer) * real))
         sides = {"ours": run_ours, "pytorch": run_peer}
