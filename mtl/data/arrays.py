@@ -22,6 +22,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from mtl.errors import DataError
+
 ArrayDataset = dict[str, Any]
 
 
@@ -56,16 +58,58 @@ def select_fields(data: ArrayDataset, fields: Sequence[str]) -> ArrayDataset:
     return take({"inputs": data["inputs"], "labels": labels, "masks": masks}, np.flatnonzero(keep))
 
 
-def batch_indices(seed: int, step: int, num: int, batch_size: int) -> np.ndarray:
+def batch_indices(seed: int | Sequence[int], step: int, num: int, batch_size: int) -> np.ndarray:
     """Example indices of batch `step`: consecutive slices of per-epoch permutations."""
+    seed = [seed] if isinstance(seed, int) else list(seed)
     start = step * batch_size
     positions = np.arange(start, start + batch_size)
     epochs, offsets = np.divmod(positions, num)
     out = np.empty(batch_size, np.int64)
     for epoch in np.unique(epochs):
         sel = epochs == epoch
-        out[sel] = np.random.default_rng([seed, int(epoch)]).permutation(num)[offsets[sel]]
+        out[sel] = np.random.default_rng([*seed, int(epoch)]).permutation(num)[offsets[sel]]
     return out
+
+
+def task_owners(data: ArrayDataset, fields: Sequence[str]) -> np.ndarray:
+    """[N] index into `fields` of the one field that labels each example.
+
+    Raises `DataError` naming the problem when an example carries no label or several: a
+    per-task batch layout needs every example to belong to exactly one task.
+    """
+    masks = np.stack([np.asarray(data["masks"][f], bool) for f in fields], axis=1)
+    per_example = masks.sum(axis=1)
+    for count, what in ((0, "no task's label"), (2, "the labels of several tasks")):
+        bad = np.flatnonzero(per_example == count if count == 0 else per_example >= count)
+        if bad.size:
+            shared = [f for f, m in zip(fields, masks[bad[0]], strict=True) if m]
+            raise DataError(
+                f"batch_layout='per_task' needs every training example labelled for exactly "
+                f"one task, but {bad.size} examples carry {what} (the first, example "
+                f"{bad[0]}, has {shared or 'none'}). Use batch_layout='mixed' for this data, "
+                f"or drop the task whose labels overlap the others'."
+            )
+    empty = [f for f, m in zip(fields, masks.T, strict=True) if not m.any()]
+    if empty:
+        raise DataError(
+            f"batch_layout='per_task' draws a group of rows from every task, but the training "
+            f"data has no examples for {', '.join(empty)}."
+        )
+    return masks.argmax(axis=1)
+
+
+def per_task_batch_indices(
+    seed: int, step: int, owners: np.ndarray, num_tasks: int, batch_size: int
+) -> np.ndarray:
+    """Batch `step` as `num_tasks` equal groups, group t drawn from task t's examples only,
+    each task with its own epoch-wise permutations (so, like `batch_indices`, a batch
+    depends only on `(seed, step)`)."""
+    per_task = batch_size // num_tasks
+    groups = []
+    for t in range(num_tasks):
+        mine = np.flatnonzero(owners == t)
+        groups.append(mine[batch_indices((seed, t), step, len(mine), per_task)])
+    return np.concatenate(groups)
 
 
 def eval_batches(data: ArrayDataset, batch_size: int) -> Iterator[ArrayDataset]:

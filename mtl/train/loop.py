@@ -22,6 +22,7 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
@@ -107,6 +108,19 @@ class Trained:
     seconds: float
 
 
+def batch_sampler(
+    config: ml_collections.ConfigDict, tasks: Sequence[Task], data: arrays.ArrayDataset
+) -> Callable[[int], np.ndarray]:
+    """`step -> example indices` of the configured `batch_layout` (default "mixed")."""
+    if config.get("batch_layout", "mixed") == "per_task":
+        owners = arrays.task_owners(data, [t.label for t in tasks])
+        return lambda step: arrays.per_task_batch_indices(
+            config.seed, step, owners, len(tasks), config.batch_size
+        )
+    num = arrays.num_examples(data)
+    return lambda step: arrays.batch_indices(config.seed, step, num, config.batch_size)
+
+
 def train(
     config: ml_collections.ConfigDict,
     tasks: Sequence[Task],
@@ -126,10 +140,10 @@ def train(
     progress = Progress(config.num_steps, first_step)
     preemption.install_sigterm_handler()
     rows = parallel.process_rows(config.batch_size, compiled.data_sharding)
-    n_train = arrays.num_examples(data)
+    draw = batch_sampler(config, tasks, data)
     step, start = first_step, time.perf_counter()
     while step < config.num_steps:
-        index = arrays.batch_indices(config.seed, step, n_train, config.batch_size)
+        index = draw(step)
         if prepare is None:
             batch = arrays.take(data, index[rows])
         else:  # prepare sees the whole global batch, so every process cuts it the same way

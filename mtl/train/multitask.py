@@ -7,6 +7,7 @@ compiled. A workdir that already holds checkpoints is resumed from the newest on
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -14,6 +15,7 @@ import ml_collections
 
 from mtl import checkpoint, distributed, optim
 from mtl.data import arrays, sources
+from mtl.errors import ConfigError, unknown_name
 from mtl.logs import MetricsWriter
 from mtl.models import TRUNKS, build_model
 from mtl.tasks import Task, check_labels, tasks_from_config
@@ -23,6 +25,7 @@ from mtl.weighting import get_weighting
 
 # Config fields that define what the checkpoints in a workdir hold.
 MODEL_KEYS = ("model", "tasks", "weighting", "optimizer")
+LAYOUTS = ("mixed", "per_task")
 
 
 def validate(config: ml_collections.ConfigDict) -> tuple[tuple[Task, ...], Any]:
@@ -34,7 +37,22 @@ def validate(config: ml_collections.ConfigDict) -> tuple[tuple[Task, ...], Any]:
     weighting = get_weighting(config.weighting.name, config.weighting.get(config.weighting.name))
     optim.make_optimizer(config.optimizer, config.num_steps)
     sources.SOURCES.get(config.data.name, field="data.name")
+    check_batch_layout(config, tasks)
     return tasks, weighting
+
+
+def check_batch_layout(config: ml_collections.ConfigDict, tasks) -> None:
+    """`batch_layout` is "mixed" (rows drawn from all examples) or "per_task" (one equal group
+    of rows per task: see `make_steps(per_task_batch=...)`)."""
+    layout = config.get("batch_layout", "mixed")
+    if layout not in LAYOUTS:
+        raise unknown_name("batch layout", layout, LAYOUTS, field="batch_layout")
+    if layout == "per_task" and config.batch_size % len(tasks):
+        raise ConfigError(
+            f"batch_layout='per_task' splits the batch into one equal group per task, but "
+            f"batch_size={config.batch_size} is not a multiple of the {len(tasks)} tasks. "
+            f"Set --config.batch_size to a multiple of {len(tasks)}."
+        )
 
 
 def load_data(config, tasks) -> sources.MultiTaskData:
@@ -58,6 +76,13 @@ def train_and_evaluate(
     Returns {} when a stop was requested (the state is saved; the same command resumes).
     """
     tasks, weighting = validate(config)
+    if config.get("batch_layout", "mixed") == "per_task":
+        if steps_fn is not make_steps:
+            raise ConfigError(
+                f"batch_layout='per_task' is supported by trainer='multitask' only, not "
+                f"{config.trainer!r}: set --config.batch_layout=mixed."
+            )
+        steps_fn = functools.partial(make_steps, per_task_batch=True)
     data = load_data(config, tasks) if data is None else data
     mesh, rules = loop.mesh_and_rules(config)
     checkpoint.check_config(workdir, config, MODEL_KEYS)

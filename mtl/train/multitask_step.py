@@ -34,6 +34,12 @@ def all_finite(tree: PyTree) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
 
 
+def mean_over_groups(leaf: jax.Array) -> jax.Array:
+    """One batch-norm statistic from per-group ones: the mean for floats (each group is a
+    batch of the same size); counters and other integers are equal across groups."""
+    return leaf.mean(axis=0) if jnp.issubdtype(leaf.dtype, jnp.floating) else leaf[0]
+
+
 class Steps(NamedTuple):
     init: Any  # () -> state
     train_step: Any  # (state, batch) -> (state, metrics)
@@ -50,11 +56,18 @@ def make_steps(
     weighting: Weighting,
     seed: int,
     task_loss: Any = None,
+    per_task_batch: bool = False,
 ) -> Steps:
     """Pure init / train / eval functions for `model` trained on `tasks`.
 
     `task_loss(task, outputs, batch) -> scalar` replaces `task.loss_fn` on the task's labels
     (distillation reads the teacher's outputs from the batch); None keeps the task's own loss.
+
+    `per_task_batch`: every training batch is `len(tasks)` equal groups of rows, group t
+    holding only task t's examples (`batch_layout="per_task"`, as LibMTL's `multi_input`).
+    The trunk then runs on each group separately, so batch norm takes its statistics per
+    task, no task's loss depends on another task's rows, and the per-task-gradient methods
+    get all T gradients from one backward pass. Evaluation is unchanged (running statistics).
     """
     if task_loss is None:
         task_loss = lambda t, out, batch: t.loss_fn(  # noqa: E731
@@ -89,7 +102,28 @@ def make_steps(
             losses = jnp.stack([task_loss(t, outputs[t.name], batch) for t in tasks])
             return losses, outputs
 
-        return TaskObjective(params["trunk"], params["heads"], representation, task_losses)
+        if not (per_task_batch and train):
+            return TaskObjective(params["trunk"], params["heads"], representation, task_losses)
+
+        def per_group(shared_axis):
+            """The trunk on each task's group of rows; `shared_axis` 0: one copy per group."""
+
+            def apply(shared):
+                inputs = jax.tree.map(
+                    lambda a: a.reshape(len(tasks), -1, *a.shape[1:]), batch["inputs"]
+                )
+                z, state = jax.vmap(
+                    lambda p, x: trunk.apply(p, model_state["trunk"], x, train=True),
+                    in_axes=(shared_axis, 0),
+                )(shared, inputs)
+                z = jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), z)
+                return z, jax.tree.map(mean_over_groups, state)
+
+            return apply
+
+        return TaskObjective(
+            params["trunk"], params["heads"], per_group(None), task_losses, per_group(0)
+        )
 
     def train_step(state: PyTree, batch: PyTree) -> tuple[PyTree, dict[str, jax.Array]]:
         rng = jax.random.fold_in(state["rng"], state["step"])

@@ -42,12 +42,18 @@ class TaskObjective(NamedTuple):
         unchanged (for example updated batch-norm statistics).
       task_losses: `(task_specific, z) -> (losses, aux)` with `losses` of shape [num_tasks];
         `aux` is carried out unchanged (for example logits for metrics).
+      per_task_representation: None, or, when the batch is split into one group of rows per
+        task (`batch_layout="per_task"`), `representation` with the shared parameters stacked
+        over tasks: `shared_stacked -> (z, aux)`, where the rows of group t depend only on
+        `shared_stacked[t]` and task t's loss reads only group t. Then one backward pass gives
+        every task's gradient of the shared parameters (`per_task_shared_grads`).
     """
 
     shared: PyTree
     task_specific: PyTree
     representation: Callable[[PyTree], tuple[jax.Array, Any]]
     task_losses: Callable[[PyTree, jax.Array], tuple[jax.Array, Any]]
+    per_task_representation: Callable[[PyTree], tuple[jax.Array, Any]] | None = None
 
 
 class Update(NamedTuple):
@@ -113,7 +119,9 @@ def per_task_shared_grads(objective: TaskObjective) -> tuple[PyTree, PyTree, Upd
     """Per-task gradients of the shared parameters, from one vectorised computation.
 
     One forward pass, then the pullback is `vmap`-ed over the rows of an identity matrix, so
-    task t's cotangent selects loss t. No Python loop of backward passes.
+    task t's cotangent selects loss t. No Python loop of backward passes. When the objective
+    has a `per_task_representation` (one group of rows per task), `_grouped_grads` does it in
+    one ordinary backward pass instead.
 
     Returns:
       `(shared_grads, task_grads, update)`: `shared_grads` has a leading [num_tasks] axis on
@@ -122,6 +130,9 @@ def per_task_shared_grads(objective: TaskObjective) -> tuple[PyTree, PyTree, Upd
       `update` carries the losses and auxiliaries with unit weights and summed gradients, to be
       `_replace`-d by the caller.
     """
+
+    if objective.per_task_representation is not None:
+        return _grouped_grads(objective)
 
     def losses_fn(shared, task_specific):
         z, rep_aux = objective.representation(shared)
@@ -134,6 +145,25 @@ def per_task_shared_grads(objective: TaskObjective) -> tuple[PyTree, PyTree, Upd
     num_tasks = losses.shape[0]
     shared_grads, _ = jax.vmap(pullback)(jnp.eye(num_tasks, dtype=losses.dtype))
     summed_shared, task_grads = pullback(jnp.ones_like(losses))
+    update = Update(summed_shared, task_grads, losses, jnp.ones_like(losses), rep_aux, task_aux)
+    return shared_grads, task_grads, update
+
+
+def _grouped_grads(objective: TaskObjective) -> tuple[PyTree, PyTree, Update]:
+    """`per_task_shared_grads` when task t's loss depends on the shared parameters only through
+    group t's rows: each group gets its own copy of the shared parameters, and the gradient of
+    the summed loss with respect to copy t is task t's gradient. One forward and one backward
+    pass, as for a single gradient (the [T, P] copies are the only extra memory)."""
+    # The number of tasks, from shapes alone (traced, never run).
+    num_tasks = jax.eval_shape(lambda: forward(objective)[0]).shape[0]
+    stacked = jax.tree.map(lambda p: jnp.broadcast_to(p, (num_tasks, *p.shape)), objective.shared)
+    z, rep_pullback, rep_aux = jax.vjp(objective.per_task_representation, stacked, has_aux=True)
+    losses, head_pullback, task_aux = jax.vjp(
+        objective.task_losses, objective.task_specific, z, has_aux=True
+    )
+    task_grads, z_grads = head_pullback(jnp.ones_like(losses))
+    (shared_grads,) = rep_pullback(z_grads)
+    summed_shared = jax.tree.map(lambda g: jnp.sum(g, axis=0), shared_grads)
     update = Update(summed_shared, task_grads, losses, jnp.ones_like(losses), rep_aux, task_aux)
     return shared_grads, task_grads, update
 
