@@ -1,7 +1,10 @@
 """Multi-task train-step time of each gradient method, ours against PyTorch, in one process.
 
 Six tasks on a conv4 trunk (Omniglot-sized 28x28 images, every example labelled for one task,
-as Omniglot-alphabets), Adam. Ours: the engine's jitted `train_step` (mtl/train/multitask_step)
+as Omniglot-alphabets), Adam. `--layout` picks the batch layout: `mixed` (the rows of all tasks
+in one batch-norm batch) or `per_task` (one group of 16 rows per task, batch norm per group:
+LibMTL's `multi_input`, where the peer runs the trunk once per task and each task's backward
+pass only reaches its own rows). Ours: the engine's jitted `train_step` (mtl/train/multitask_step)
 with each method from `mtl.weighting`; per-task gradients come from one `vmap` over a `vjp`.
 The peer: the same model in PyTorch, with the per-task gradients taken as LibMTL does (one
 `backward(retain_graph=True)` per task, shared gradients read and zeroed after each), the
@@ -11,6 +14,7 @@ Rounds alternate between ours and the peer for every method, so both see the sam
 load; the medians over rounds are printed, then the ratios.
 
     .venv/bin/python -m benchmarks.mtl_step --rounds=5 --steps=10
+    .venv/bin/python -m benchmarks.mtl_step --layout=per_task --conv=matmul
     .venv/bin/python -m benchmarks.mtl_step --rounds=1 --profile=equal,pcgrad  # op breakdown
 """
 
@@ -38,6 +42,9 @@ _BATCH = flags.DEFINE_integer("batch_size", 96, "Global batch (split evenly over
 _FILTERS = flags.DEFINE_integer("filters", 64, "conv4 filters.")
 _TASKS = flags.DEFINE_integer("num_tasks", 6, "Number of tasks.")
 _CONV = flags.DEFINE_enum("conv", "xla", ["xla", "matmul"], "conv4's convolution form (ours).")
+_LAYOUT = flags.DEFINE_enum(
+    "layout", "mixed", ["mixed", "per_task"], "Batch layout (both sides): see the docstring."
+)
 _PROFILE = flags.DEFINE_list("profile", [], "Methods whose step to profile after timing.")
 _CLASSES = 20
 
@@ -53,9 +60,11 @@ METHODS = [
 ]
 
 
-def make_batch(num_tasks: int, batch: int, seed: int = 0) -> dict:
+def make_batch(num_tasks: int, batch: int, seed: int = 0, grouped: bool = False) -> dict:
+    """Random images, each labelled for one task: task t owns rows t, t + T, ... or, when
+    `grouped`, the t-th block of batch / T rows (the `per_task` layout)."""
     rng = np.random.default_rng(seed)
-    owner = np.arange(batch) % num_tasks
+    owner = np.arange(batch) // (batch // num_tasks) if grouped else np.arange(batch) % num_tasks
     labels, masks = {}, {}
     for t in range(num_tasks):
         masks[f"t{t}"] = owner == t
@@ -78,7 +87,14 @@ def ours(name: str, options: dict, batch: dict, num_tasks: int):
     config.conv4.filters = _FILTERS.value
     config.conv4.conv = _CONV.value
     model = build_model(config, tasks, (28, 28, 1), seed=0)
-    steps = make_steps(model, tasks, optax.adam(1e-3), get_weighting(name, options), seed=0)
+    steps = make_steps(
+        model,
+        tasks,
+        optax.adam(1e-3),
+        get_weighting(name, options),
+        seed=0,
+        per_task_batch=_LAYOUT.value == "per_task",
+    )
     state = jax.jit(steps.init)()
     batch = jax.device_put(batch)
     train_step = jax.jit(steps.train_step, donate_argnums=0).lower(state, batch).compile()
@@ -196,30 +212,55 @@ def peer(method: str, batch: dict, num_tasks: int):
     ys = [torch.from_numpy(batch["labels"][f"t{t}"]).long() for t in range(num_tasks)]
     ms = [torch.from_numpy(batch["masks"][f"t{t}"]) for t in range(num_tasks)]
 
-    def losses_of(z):
+    per_task = _LAYOUT.value == "per_task"
+    xs = [x[m] for m in ms]
+
+    def representations():
+        """The trunk's features: one tensor, or (per_task, multi_input) one per task."""
+        return [trunk(xt) for xt in xs] if per_task else [trunk(x)]
+
+    def losses_of(zs):
+        if per_task:
+            return [
+                torch.nn.functional.cross_entropy(heads[t](zs[t]), ys[t][ms[t]])
+                for t in range(num_tasks)
+            ]
         return [
-            torch.nn.functional.cross_entropy(heads[t](z[ms[t]]), ys[t][ms[t]])
+            torch.nn.functional.cross_entropy(heads[t](zs[0][ms[t]]), ys[t][ms[t]])
             for t in range(num_tasks)
         ]
 
     def step():
         opt.zero_grad()
         if method == "equal":
-            sum(losses_of(trunk(x))).backward()
+            sum(losses_of(representations())).backward()
         elif method == "mgda_ub":  # LibMTL rep_grad: gradients at a detached representation
-            z = trunk(x)
-            rep = z.detach().requires_grad_(True)
-            losses = losses_of(rep)
+            zs = representations()
+            reps = [z.detach().requires_grad_(True) for z in zs]
+            losses = losses_of(reps)
             zg = []
             for t, loss in enumerate(losses):
                 loss.backward(retain_graph=t + 1 < num_tasks)
-                zg.append(rep.grad.clone().reshape(-1))
-                rep.grad.zero_()
+                # (per_task: a task's loss reaches only its own representation)
+                zg.append(
+                    torch.cat(
+                        [
+                            (torch.zeros_like(r) if r.grad is None else r.grad).reshape(-1)
+                            for r in reps
+                        ]
+                    )
+                )
+                for r in reps:
+                    r.grad = None
             zg = torch.stack(zg)
             w = _min_norm((zg @ zg.t()).numpy().astype(np.float64))
-            z.backward((torch.tensor(w, dtype=zg.dtype)[:, None] * zg).sum(0).reshape(z.shape))
+            combined = (torch.tensor(w, dtype=zg.dtype)[:, None] * zg).sum(0)
+            pieces = combined.split([z.numel() for z in zs])
+            torch.autograd.backward(
+                zs, [p.reshape(z.shape) for p, z in zip(pieces, zs, strict=True)]
+            )
         else:  # LibMTL mode='backward': one backward pass per task
-            losses = losses_of(trunk(x))
+            losses = losses_of(representations())
             grads = []
             for t, loss in enumerate(losses):
                 loss.backward(retain_graph=t + 1 < num_tasks)
@@ -247,7 +288,7 @@ def peer(method: str, batch: dict, num_tasks: int):
 def main(argv):
     del argv
     num_tasks = _TASKS.value
-    batch = make_batch(num_tasks, _BATCH.value)
+    batch = make_batch(num_tasks, _BATCH.value, grouped=_LAYOUT.value == "per_task")
     runners, hlo_texts = [], {}
     for label, name, options, peer_method in METHODS:
         run_ours, hlo_texts[label] = ours(name, options, batch, num_tasks)
@@ -266,7 +307,7 @@ def main(argv):
     ours_eq, peer_eq = med["equal"]
     print(
         f"{num_tasks} tasks, conv4 ({_FILTERS.value} filters, ours conv={_CONV.value}), "
-        f"batch {_BATCH.value}, "
+        f"batch {_BATCH.value}, layout {_LAYOUT.value}, "
         f"{_ROUNDS.value} rounds x {_STEPS.value} steps, medians; torch threads "
         f"{torch.get_num_threads()}, jax devices {jax.device_count()}"
     )

@@ -15,8 +15,8 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags
 
-# The same batch, and the same --rounds and --num_tasks flags, as the step benchmark.
-from benchmarks.mtl_step import _ROUNDS, _TASKS, make_batch
+# The same batch, and the same --rounds, --num_tasks and --conv flags, as the step benchmark.
+from benchmarks.mtl_step import _CONV, _ROUNDS, _TASKS, make_batch
 from mtl.models import build_model, default_config
 from mtl.models.functional import PureModule
 from mtl.tasks import tasks_from_config
@@ -32,6 +32,7 @@ def main(argv):
     )
     config = default_config()
     config.conv4.filters = 64
+    config.conv4.conv = _CONV.value
     model = build_model(config, tasks, (28, 28, 1), 0)
     trunk, trunk_params, trunk_state = PureModule.split(model.trunk)
     heads = {name: PureModule.split(head) for name, head in model.heads.items()}
@@ -93,7 +94,10 @@ def main(argv):
             jax.block_until_ready(out)
             times[k].append((time.perf_counter() - start) / 3)
     base = statistics.median(times["summed (one gradient)"])
-    print(f"{num} tasks, conv4 64 filters, batch 96, medians of {_ROUNDS.value} rounds")
+    print(
+        f"{num} tasks, conv4 64 filters (conv={_CONV.value}), batch 96, "
+        f"medians of {_ROUNDS.value} rounds"
+    )
     print("| computation | ms | / summed |\n| --- | --- | --- |")
     for k, v in times.items():
         print(f"| {k} | {1e3 * statistics.median(v):.1f} | {statistics.median(v) / base:.2f} |")
