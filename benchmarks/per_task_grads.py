@@ -3,7 +3,13 @@ unrolled in the same jitted program, the vmap in chunks of k tasks (unrolled ove
 a `lax.map`), and one summed gradient for scale. Same model and batch as
 `benchmarks/mtl_step.py` (6 tasks, 64 filters, batch 96); medians over rounds.
 
+With `--layout=per_task` (one group of 16 rows per task, batch norm per group) it times the
+engine's own two computations instead: one summed gradient (`base.weighted_update`) and all
+six per-task gradients from one backward pass (`base.per_task_shared_grads` on the
+per-task-batch objective of `make_steps`).
+
     .venv/bin/python -m benchmarks.per_task_grads --rounds=5
+    .venv/bin/python -m benchmarks.per_task_grads --rounds=5 --layout=per_task --conv=matmul
 """
 
 from __future__ import annotations
@@ -13,15 +19,38 @@ import time
 
 import jax
 import jax.numpy as jnp
+import optax
 from absl import app, flags
 
-# The same batch, and the same --rounds, --num_tasks and --conv flags, as the step benchmark.
-from benchmarks.mtl_step import _CONV, _ROUNDS, _TASKS, make_batch
+# The same batch, and the same --rounds, --num_tasks, --conv and --layout flags, as the step
+# benchmark.
+from benchmarks.mtl_step import _CONV, _LAYOUT, _ROUNDS, _TASKS, make_batch
 from mtl.models import build_model, default_config
 from mtl.models.functional import PureModule
 from mtl.tasks import tasks_from_config
+from mtl.train.multitask_step import make_steps
+from mtl.weighting import base, get_weighting
 
 _CHUNKS = flags.DEFINE_list("chunks", ["2", "3"], "Chunk sizes of the chunked vmap forms.")
+
+
+def per_task_layout(model, tasks, num: int) -> dict:
+    """The engine's summed and per-task gradients on the per-task-batch objective."""
+    equal = get_weighting("equal")
+    steps = make_steps(model, tasks, optax.identity(), equal, 0, per_task_batch=True)
+    model_state = steps.init()["model_state"]
+    batch = jax.device_put(make_batch(num, 96, grouped=True))
+
+    def objective(s, hp):
+        return steps.objective({"trunk": s, "heads": hp}, model_state, batch, True)
+
+    def summed(s, hp):
+        return base.weighted_update(objective(s, hp), jnp.ones(num)).shared_grads
+
+    def per_task(s, hp):
+        return base.per_task_shared_grads(objective(s, hp))[0]
+
+    return {"summed (one gradient)": summed, "per-task, one copy of the trunk per group": per_task}
 
 
 def main(argv):
@@ -82,6 +111,8 @@ def main(argv):
     for k in map(int, _CHUNKS.value):
         fns[f"vmap in chunks of {k}, unrolled"] = chunked(k)
         fns[f"vmap in chunks of {k}, lax.map"] = mapped(k)
+    if _LAYOUT.value == "per_task":
+        fns = per_task_layout(model, tasks, num)
     fns = {k: jax.jit(f) for k, f in fns.items()}
     for f in fns.values():
         jax.block_until_ready(f(trunk_params, head_params))
@@ -95,7 +126,7 @@ def main(argv):
             times[k].append((time.perf_counter() - start) / 3)
     base = statistics.median(times["summed (one gradient)"])
     print(
-        f"{num} tasks, conv4 64 filters (conv={_CONV.value}), batch 96, "
+        f"{num} tasks, conv4 64 filters (conv={_CONV.value}), batch 96, layout {_LAYOUT.value}, "
         f"medians of {_ROUNDS.value} rounds"
     )
     print("| computation | ms | / summed |\n| --- | --- | --- |")
