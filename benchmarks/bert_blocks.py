@@ -33,6 +33,8 @@ from collections.abc import Callable
 
 from absl import app, flags
 
+from mtl import allocator
+
 BLOCKS = ("attention", "feed_forward", "layer")
 
 
@@ -224,6 +226,7 @@ def table(rows) -> str:
 
 def main(argv, options: dict) -> None:
     del argv
+    allocator.use_tcmalloc()  # restarts the process: before any JAX work
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import jax
     import torch
@@ -247,7 +250,8 @@ def main(argv, options: dict) -> None:
         f"{value['seq_len']} tokens, no dropout; medians of {value['rounds']} rounds x "
         f"{value['steps']} passes; {os.cpu_count()} CPU cores; jax {jax.__version__}, torch "
         f"{torch.__version__} ({torch.get_num_threads()} threads), PyTorch attention: "
-        f"{'its choice' if value['torch_fused_attention'] else 'sdpa math backend'}"
+        f"{'its choice' if value['torch_fused_attention'] else 'sdpa math backend'}; "
+        f"malloc: {allocator.current_allocator()}"
     )
     print(table(rows))
     for row in rows:

@@ -24,6 +24,8 @@ import time
 
 from absl import app, flags
 
+from mtl import allocator
+
 _BATCH = flags.DEFINE_integer("batch_size", 32, "Sentences per step.")
 _SEQ = flags.DEFINE_integer("seq_len", 128, "Tokens per sentence (padded).")
 _ROUNDS = flags.DEFINE_integer("rounds", 5, "Timed rounds (each side once per round).")
@@ -127,6 +129,7 @@ def peer(hf_dir: str, inputs, labels, dropout: float):
 
 def main(argv):
     del argv
+    allocator.use_tcmalloc()  # restarts the process: before any JAX work
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import jax
     import torch
@@ -156,7 +159,7 @@ def main(argv):
         f"{_SEQ.value} tokens, dropout {_DROPOUT.value}, AdamW; {os.cpu_count()} CPU cores; "
         f"jax {jax.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
         f"transformers {transformers.__version__}; median of {_ROUNDS.value} rounds x "
-        f"{_STEPS.value} steps."
+        f"{_STEPS.value} steps; malloc: {allocator.current_allocator()}."
     )
     medians = {name: statistics.median(ts) for name, ts in times.items()}
     for name, median in medians.items():

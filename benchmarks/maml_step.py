@@ -31,7 +31,7 @@ import torch
 from absl import app, flags
 
 from benchmarks import xla_ops
-from mtl import parallel
+from mtl import allocator, parallel
 from mtl.meta import maml
 from mtl.meta import model as mm
 from mtl.models import default_config
@@ -224,6 +224,7 @@ def higher_step(episodes: dict):
 
 def main(argv):
     del argv
+    allocator.use_tcmalloc()  # restarts the process: before any JAX work
     episodes = make_episodes()
     runs, compile_times, hlo_texts = {}, {}, {}
     for conv in _CONV.value:
@@ -246,7 +247,8 @@ def main(argv):
         f"Second-order MAML meta-step: conv4 {FILTERS} filters, {SIZE}x{SIZE}, {WAYS}-way "
         f"{SHOTS}-shot, {QUERIES} queries/class, meta-batch {META_BATCH}, 1 inner step; "
         f"medians of {_ROUNDS.value} rounds x {_STEPS.value} steps; jax {jax.__version__}, "
-        f"torch {torch.__version__} ({torch.get_num_threads()} threads)"
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads); malloc: "
+        f"{allocator.current_allocator()}"
     )
     print("| implementation | s / step | compile s |\n| --- | --- | --- |")
     for name, t in med.items():

@@ -31,6 +31,7 @@ import torch
 from absl import app, flags
 
 from benchmarks import xla_ops
+from mtl import allocator
 from mtl.models import build_model, default_config
 from mtl.tasks import tasks_from_config
 from mtl.train.multitask_step import make_steps
@@ -287,6 +288,7 @@ def peer(method: str, batch: dict, num_tasks: int):
 
 def main(argv):
     del argv
+    allocator.use_tcmalloc()  # restarts the process: before any JAX work
     num_tasks = _TASKS.value
     batch = make_batch(num_tasks, _BATCH.value, grouped=_LAYOUT.value == "per_task")
     runners, hlo_texts = [], {}
@@ -309,7 +311,8 @@ def main(argv):
         f"{num_tasks} tasks, conv4 ({_FILTERS.value} filters, ours conv={_CONV.value}), "
         f"batch {_BATCH.value}, layout {_LAYOUT.value}, "
         f"{_ROUNDS.value} rounds x {_STEPS.value} steps, medians; torch threads "
-        f"{torch.get_num_threads()}, jax devices {jax.device_count()}"
+        f"{torch.get_num_threads()}, jax devices {jax.device_count()}, "
+        f"malloc {allocator.current_allocator()}"
     )
     print(
         "| method | ours (ms) | ours / our equal | PyTorch (ms) | PyTorch / its equal "

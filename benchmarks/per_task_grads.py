@@ -25,6 +25,7 @@ from absl import app, flags
 # The same batch, and the same --rounds, --num_tasks, --conv and --layout flags, as the step
 # benchmark.
 from benchmarks.mtl_step import _CONV, _LAYOUT, _ROUNDS, _TASKS, make_batch
+from mtl import allocator
 from mtl.models import build_model, default_config
 from mtl.models.functional import PureModule
 from mtl.tasks import tasks_from_config
@@ -55,6 +56,7 @@ def per_task_layout(model, tasks, num: int) -> dict:
 
 def main(argv):
     del argv
+    allocator.use_tcmalloc()  # restarts the process: before any JAX work
     num = _TASKS.value
     tasks = tasks_from_config(
         {f"t{t}": dict(head="classification", num_outputs=20) for t in range(num)}
@@ -127,7 +129,7 @@ def main(argv):
     base = statistics.median(times["summed (one gradient)"])
     print(
         f"{num} tasks, conv4 64 filters (conv={_CONV.value}), batch 96, layout {_LAYOUT.value}, "
-        f"medians of {_ROUNDS.value} rounds"
+        f"medians of {_ROUNDS.value} rounds, malloc {allocator.current_allocator()}"
     )
     print("| computation | ms | / summed |\n| --- | --- | --- |")
     for k, v in times.items():

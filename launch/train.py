@@ -19,7 +19,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mtl import distributed
+from mtl import allocator, distributed
 from mtl.errors import ConfigError, DataError, unknown_field
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).")
@@ -46,6 +46,11 @@ _PROCESS_ID = flags.DEFINE_integer(
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    try:
+        allocator.use_tcmalloc()  # restarts the process: before any JAX work
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from mtl.logs import quiet_library_logs
     from mtl.train import get_trainer

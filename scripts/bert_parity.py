@@ -16,6 +16,8 @@ from collections.abc import Sequence
 import numpy as np
 from absl import app, flags
 
+from mtl import allocator
+
 SENTENCES = (
     "a gripping , funny and ultimately moving film .",
     "dull .",
@@ -57,6 +59,7 @@ def parity(hf_dir: str, sentences: Sequence[str] = SENTENCES) -> dict[str, float
 
 def main(argv):
     del argv
+    allocator.use_tcmalloc()  # restarts the process: before any JAX work
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from mtl.convert import resolve
 

@@ -20,6 +20,7 @@ import time
 from absl import app, flags, logging
 
 from configs import omniglot_maml, omniglot_protonets
+from mtl import allocator
 from mtl.logs import quiet_library_logs
 from mtl.train import meta as meta_train
 
@@ -149,6 +150,7 @@ def write_readme(path: str, text: str) -> None:
 
 def main(argv):
     del argv
+    allocator.use_tcmalloc()  # restarts the process: before any JAX work
     quiet_library_logs()
     results = {name: run(name) for name in _RUNS.value}
     results = {k: v for k, v in results.items() if v is not None}

@@ -18,6 +18,7 @@ import time
 from absl import app, flags
 
 from configs import omniglot_mtl, omniglot_rotation
+from mtl import allocator
 from mtl.compare import delta_m
 from mtl.logs import quiet_library_logs
 from mtl.train import multitask
@@ -95,6 +96,7 @@ def table(single: dict, multi: dict[str, dict]) -> str:
 
 def main(argv):
     del argv
+    allocator.use_tcmalloc()  # restarts the process: before any JAX work
     quiet_library_logs()
     single = {a: run(f"single_{a}", alphabets=a) for a in sorted(omniglot_mtl.ALPHABETS)}
     multi = {m: run(f"multi_{m}", weighting=m) for m in _METHODS.value}

@@ -21,6 +21,7 @@ import os
 
 from absl import app, flags, logging
 
+from mtl import allocator
 from scripts import readme
 from scripts.finished_runs import percent
 
@@ -74,6 +75,7 @@ def render(results: dict[tuple[str, str], list[dict]]) -> str:
 
 def main(argv):
     del argv
+    allocator.use_tcmalloc()  # restarts the process: before any JAX work
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from configs import senteval_dann
     from mtl.convert import converted_package

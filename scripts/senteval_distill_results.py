@@ -24,6 +24,7 @@ import statistics
 
 from absl import app, flags
 
+from mtl import allocator
 from scripts import readme
 from scripts.finished_runs import run_once
 
@@ -90,6 +91,7 @@ def render(teacher: dict, students: dict[str, list[dict]]) -> str:
 
 def main(argv):
     del argv
+    allocator.use_tcmalloc()  # restarts the process: before any JAX work
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from configs import senteval_distill, senteval_finetune
     from mtl.convert import converted_package

@@ -29,6 +29,7 @@ import numpy as np
 import optax
 from absl import app, flags, logging
 
+from mtl import allocator
 from mtl.compare import delta_m
 from mtl.weighting import TaskObjective, get_weighting
 from scripts import readme
@@ -306,6 +307,7 @@ def table(
 
 def main(argv):
     del argv
+    allocator.use_tcmalloc()  # restarts the process: before any JAX work
     from mtl.logs import quiet_library_logs
 
     quiet_library_logs()

@@ -29,6 +29,7 @@ import time
 
 from absl import app, flags, logging
 
+from mtl import allocator
 from scripts import readme
 from scripts.finished_runs import run_once
 from scripts.transfer_matrix import transfer_matrix
@@ -209,6 +210,7 @@ def budgets(steps_full: int) -> str:
 
 def main(argv):
     del argv
+    allocator.use_tcmalloc()  # restarts the process: before any JAX work
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from mtl.logs import quiet_library_logs
 

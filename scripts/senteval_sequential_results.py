@@ -24,6 +24,7 @@ import shutil
 
 from absl import app, flags, logging
 
+from mtl import allocator
 from scripts import readme
 from scripts.finished_runs import percent
 
@@ -86,6 +87,7 @@ def render(first: str, second: str, runs: dict[str, list[dict]]) -> str:
 
 def main(argv):
     del argv
+    allocator.use_tcmalloc()  # restarts the process: before any JAX work
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from configs import senteval_sequential
     from mtl.convert import converted_package

