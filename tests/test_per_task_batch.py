@@ -20,6 +20,7 @@ from mtl.tasks import tasks_from_config
 from mtl.train import affinity, multitask
 from mtl.train.multitask_step import make_steps
 from mtl.weighting import base, get_weighting
+from tests.conftest import TINY_BERT
 from tests.test_weighting import assert_tree_close
 
 NUM_TASKS, PER_TASK = 3, 4
@@ -216,3 +217,44 @@ def test_pcgrad_run_with_per_task_batches_lowers_the_loss(config, tmp_path, omni
         for r in records
     ]
     assert np.mean(losses[-2:]) < 0.97 * np.mean(losses[:2])
+
+
+def test_dropout_draws_a_different_mask_per_group():
+    """Groups run in one `vmap`; each must get its own dropout stream, not one repeated."""
+    tasks = tasks_from_config(
+        {f"t{t}": dict(head="classification", num_outputs=2) for t in range(NUM_TASKS)}
+    )
+    length = 16
+    shape = {k: (length,) for k in ("input_ids", "attention_mask", "token_type_ids")}
+    options = TINY_BERT | dict(dropout=0.5, attention_dropout=0.5)
+    model = build_model({"trunk": "bert", "bert": options}, tasks, shape, seed=0)
+    n = NUM_TASKS * PER_TASK
+    owner = np.arange(n) // PER_TASK
+    ids = np.tile(np.random.default_rng(0).integers(1000, 30000, (1, length)), (n, 1))
+    batch = {
+        "inputs": {
+            "input_ids": ids.astype(np.int32),
+            "attention_mask": np.ones((n, length), np.int32),
+            "token_type_ids": np.zeros((n, length), np.int32),
+        },
+        "labels": {f"t{t}": np.where(owner == t, 1, -1).astype(np.int32) for t in range(3)},
+        "masks": {f"t{t}": owner == t for t in range(NUM_TASKS)},
+    }
+    steps = make_steps(model, tasks, optax.sgd(0.1), get_weighting("equal"), 0, per_task_batch=True)
+    obj, state = objective_of(steps, batch)
+    z, new_state = obj.representation(obj.shared)
+    groups = np.asarray(z).reshape(NUM_TASKS, PER_TASK, -1)
+    # The same sentence at the same place in each group: only the dropout masks differ.
+    for g in range(1, NUM_TASKS):
+        assert np.abs(groups[g] - groups[0]).max() > 1e-2
+    # Keys stay as they were; counters advance as in one ungrouped pass.
+    ungrouped = make_steps(model, tasks, optax.sgd(0.1), get_weighting("equal"), 0)
+    _, expected_state = objective_of(ungrouped, batch)[0].representation(obj.shared)
+    flat = jax.tree_util.tree_leaves_with_path(new_state)
+    before = dict(jax.tree_util.tree_leaves_with_path(state["model_state"]["trunk"]))
+    after_ungrouped = dict(jax.tree_util.tree_leaves_with_path(expected_state))
+    for path, leaf in flat:
+        if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            assert bool(jnp.all(jax.random.key_data(leaf) == jax.random.key_data(before[path])))
+        else:
+            np.testing.assert_array_equal(leaf, after_ungrouped[path])

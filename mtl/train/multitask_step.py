@@ -40,6 +40,22 @@ def mean_over_groups(leaf: jax.Array) -> jax.Array:
     return leaf.mean(axis=0) if jnp.issubdtype(leaf.dtype, jnp.floating) else leaf[0]
 
 
+def _is_key(leaf: jax.Array) -> bool:
+    return jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key)
+
+
+def group_rngs(state: PyTree, group: jax.Array) -> PyTree:
+    """The trunk's state for one group: its random streams (dropout) folded with the group
+    index, so groups draw different masks instead of one mask repeated per group."""
+    return jax.tree.map(lambda a: jax.random.fold_in(a, group) if _is_key(a) else a, state)
+
+
+def merge_groups(new: PyTree, old: PyTree) -> PyTree:
+    """The trunk's state after a grouped pass: statistics by `mean_over_groups`, and the
+    random streams' keys as they were (only their counters move, as in an ungrouped pass)."""
+    return jax.tree.map(lambda n, o: o if _is_key(o) else mean_over_groups(n), new, old)
+
+
 class Steps(NamedTuple):
     init: Any  # () -> state
     train_step: Any  # (state, batch) -> (state, metrics)
@@ -113,11 +129,13 @@ def make_steps(
                     lambda a: a.reshape(len(tasks), -1, *a.shape[1:]), batch["inputs"]
                 )
                 z, state = jax.vmap(
-                    lambda p, x: trunk.apply(p, model_state["trunk"], x, train=True),
-                    in_axes=(shared_axis, 0),
-                )(shared, inputs)
+                    lambda p, x, g: trunk.apply(
+                        p, group_rngs(model_state["trunk"], g), x, train=True
+                    ),
+                    in_axes=(shared_axis, 0, 0),
+                )(shared, inputs, jnp.arange(len(tasks)))
                 z = jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), z)
-                return z, jax.tree.map(mean_over_groups, state)
+                return z, merge_groups(state, model_state["trunk"])
 
             return apply
 
