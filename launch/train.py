@@ -46,11 +46,7 @@ _PROCESS_ID = flags.DEFINE_integer(
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    try:
-        allocator.use_tcmalloc()  # restarts the process: before any JAX work
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    allocator.use_tcmalloc()  # restarts the process: before any JAX work
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from mtl.logs import quiet_library_logs
     from mtl.train import get_trainer

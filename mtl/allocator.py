@@ -62,7 +62,16 @@ def use_tcmalloc() -> None:
 
     Call it first in an entry point's `main`: the restart replaces the process (same PID,
     so SLURM and other process managers do not notice) and runs the whole command again.
+    A bad `$MTL_MALLOC` or `$MTL_TCMALLOC` ends the program with one line and exit code 2.
     """
+    try:
+        _restart_under_tcmalloc()
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _restart_under_tcmalloc() -> None:
     choice = os.environ.get(CHOICE_ENV) or "tcmalloc"  # set but empty: the default
     if choice not in CHOICES:
         raise ConfigError(f"${CHOICE_ENV}={choice!r}: use one of {', '.join(CHOICES)}.")

@@ -79,8 +79,11 @@ def task_owners(data: ArrayDataset, fields: Sequence[str]) -> np.ndarray:
     """
     masks = np.stack([np.asarray(data["masks"][f], bool) for f in fields], axis=1)
     per_example = masks.sum(axis=1)
-    for count, what in ((0, "no task's label"), (2, "the labels of several tasks")):
-        bad = np.flatnonzero(per_example == count if count == 0 else per_example >= count)
+    for is_bad, what in (
+        (per_example == 0, "no task's label"),
+        (per_example >= 2, "the labels of several tasks"),
+    ):
+        bad = np.flatnonzero(is_bad)
         if bad.size:
             shared = [f for f, m in zip(fields, masks[bad[0]], strict=True) if m]
             raise DataError(

@@ -108,11 +108,16 @@ class Trained:
     seconds: float
 
 
+def batch_layout(config: ml_collections.ConfigDict) -> str:
+    """The configured `batch_layout`: "mixed" (the default) or "per_task"."""
+    return config.get("batch_layout", "mixed")
+
+
 def batch_sampler(
     config: ml_collections.ConfigDict, tasks: Sequence[Task], data: arrays.ArrayDataset
 ) -> Callable[[int], np.ndarray]:
     """`step -> example indices` of the configured `batch_layout` (default "mixed")."""
-    if config.get("batch_layout", "mixed") == "per_task":
+    if batch_layout(config) == "per_task":
         owners = arrays.task_owners(data, [t.label for t in tasks])
         return lambda step: arrays.per_task_batch_indices(
             config.seed, step, owners, len(tasks), config.batch_size

@@ -44,7 +44,7 @@ def validate(config: ml_collections.ConfigDict) -> tuple[tuple[Task, ...], Any]:
 def check_batch_layout(config: ml_collections.ConfigDict, tasks) -> None:
     """`batch_layout` is "mixed" (rows drawn from all examples) or "per_task" (one equal group
     of rows per task: see `make_steps(per_task_batch=...)`)."""
-    layout = config.get("batch_layout", "mixed")
+    layout = loop.batch_layout(config)
     if layout not in LAYOUTS:
         raise unknown_name("batch layout", layout, LAYOUTS, field="batch_layout")
     if layout == "per_task" and config.batch_size % len(tasks):
@@ -76,7 +76,7 @@ def train_and_evaluate(
     Returns {} when a stop was requested (the state is saved; the same command resumes).
     """
     tasks, weighting = validate(config)
-    if config.get("batch_layout", "mixed") == "per_task":
+    if loop.batch_layout(config) == "per_task":
         if steps_fn is not make_steps:
             raise ConfigError(
                 f"batch_layout='per_task' is supported by trainer='multitask' only, not "

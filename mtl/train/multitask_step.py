@@ -34,12 +34,6 @@ def all_finite(tree: PyTree) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
 
 
-def mean_over_groups(leaf: jax.Array) -> jax.Array:
-    """One batch-norm statistic from per-group ones: the mean for floats (each group is a
-    batch of the same size); counters and other integers are equal across groups."""
-    return leaf.mean(axis=0) if jnp.issubdtype(leaf.dtype, jnp.floating) else leaf[0]
-
-
 def _is_key(leaf: jax.Array) -> bool:
     return jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key)
 
@@ -51,9 +45,17 @@ def group_rngs(state: PyTree, group: jax.Array) -> PyTree:
 
 
 def merge_groups(new: PyTree, old: PyTree) -> PyTree:
-    """The trunk's state after a grouped pass: statistics by `mean_over_groups`, and the
-    random streams' keys as they were (only their counters move, as in an ungrouped pass)."""
-    return jax.tree.map(lambda n, o: o if _is_key(o) else mean_over_groups(n), new, old)
+    """The trunk's state after a grouped pass (`new` has a leading group axis) from the
+    per-group states: batch-norm statistics by their mean (the groups are batches of the same
+    size); counters, equal across groups, from group 0; the random streams' keys as they were
+    in `old` (only their counters move, as in an ungrouped pass)."""
+
+    def merge(n: jax.Array, o: jax.Array) -> jax.Array:
+        if _is_key(o):
+            return o
+        return n.mean(axis=0) if jnp.issubdtype(n.dtype, jnp.floating) else n[0]
+
+    return jax.tree.map(merge, new, old)
 
 
 class Steps(NamedTuple):
