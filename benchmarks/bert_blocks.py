@@ -31,9 +31,9 @@ import statistics
 import time
 from collections.abc import Callable
 
-from absl import app, flags
+from absl import flags
 
-from mtl import allocator
+from mtl import allocator, entry
 
 BLOCKS = ("attention", "feed_forward", "layer")
 
@@ -226,8 +226,6 @@ def table(rows) -> str:
 
 def main(argv, options: dict) -> None:
     del argv
-    allocator.use_tcmalloc()  # restarts the process: before any JAX work
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import jax
     import torch
 
@@ -261,4 +259,4 @@ def main(argv, options: dict) -> None:
 
 if __name__ == "__main__":
     _OPTIONS = _define_flags()
-    app.run(lambda argv: main(argv, _OPTIONS))
+    entry.run(lambda argv: main(argv, _OPTIONS))

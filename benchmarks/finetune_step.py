@@ -22,9 +22,9 @@ import os
 import statistics
 import time
 
-from absl import app, flags
+from absl import flags
 
-from mtl import allocator
+from mtl import allocator, entry
 
 _BATCH = flags.DEFINE_integer("batch_size", 32, "Sentences per step.")
 _SEQ = flags.DEFINE_integer("seq_len", 128, "Tokens per sentence (padded).")
@@ -129,8 +129,6 @@ def peer(hf_dir: str, inputs, labels, dropout: float):
 
 def main(argv):
     del argv
-    allocator.use_tcmalloc()  # restarts the process: before any JAX work
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import jax
     import torch
     import transformers
@@ -176,4 +174,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    entry.run(main)

@@ -28,10 +28,10 @@ import jax
 import numpy as np
 import optax
 import torch
-from absl import app, flags
+from absl import flags
 
 from benchmarks import xla_ops
-from mtl import allocator, parallel
+from mtl import allocator, entry, parallel
 from mtl.meta import maml
 from mtl.meta import model as mm
 from mtl.models import default_config
@@ -224,7 +224,6 @@ def higher_step(episodes: dict):
 
 def main(argv):
     del argv
-    allocator.use_tcmalloc()  # restarts the process: before any JAX work
     episodes = make_episodes()
     runs, compile_times, hlo_texts = {}, {}, {}
     for conv in _CONV.value:
@@ -269,4 +268,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    entry.run(main)

@@ -28,10 +28,10 @@ import numpy as np
 import optax
 import scipy.optimize
 import torch
-from absl import app, flags
+from absl import flags
 
 from benchmarks import xla_ops
-from mtl import allocator
+from mtl import allocator, entry
 from mtl.models import build_model, default_config
 from mtl.tasks import tasks_from_config
 from mtl.train.multitask_step import make_steps
@@ -288,7 +288,6 @@ def peer(method: str, batch: dict, num_tasks: int):
 
 def main(argv):
     del argv
-    allocator.use_tcmalloc()  # restarts the process: before any JAX work
     num_tasks = _TASKS.value
     batch = make_batch(num_tasks, _BATCH.value, grouped=_LAYOUT.value == "per_task")
     runners, hlo_texts = [], {}
@@ -331,4 +330,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    entry.run(main)

@@ -20,12 +20,12 @@ import time
 import jax
 import jax.numpy as jnp
 import optax
-from absl import app, flags
+from absl import flags
 
 # The same batch, and the same --rounds, --num_tasks, --conv and --layout flags, as the step
 # benchmark.
 from benchmarks.mtl_step import _CONV, _LAYOUT, _ROUNDS, _TASKS, make_batch
-from mtl import allocator
+from mtl import allocator, entry
 from mtl.models import build_model, default_config
 from mtl.models.functional import PureModule
 from mtl.tasks import tasks_from_config
@@ -56,7 +56,6 @@ def per_task_layout(model, tasks, num: int) -> dict:
 
 def main(argv):
     del argv
-    allocator.use_tcmalloc()  # restarts the process: before any JAX work
     num = _TASKS.value
     tasks = tasks_from_config(
         {f"t{t}": dict(head="classification", num_outputs=20) for t in range(num)}
@@ -137,4 +136,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    entry.run(main)

@@ -3,29 +3,21 @@
 import ml_collections
 
 from mtl import optim
+from mtl.meta import methods
 from mtl.models import default_config as model_config
 
 
 def meta_block(**overrides) -> ml_collections.ConfigDict:
-    """`config.meta`: the method and its options (see mtl/meta/maml.py for what they mean)."""
+    """`config.meta`: the method, its episodes, and the MAML family's options with their
+    defaults, read from `MamlOptions` (see mtl/meta/maml.py for what they mean)."""
     block = dict(
-        method="maml",  # maml | reptile | protonets
+        method="maml",  # maml | reptile | protonets (mtl.meta.methods.METHODS)
         ways=5,
         shots=1,
         queries=15,  # per class
         meta_batch=32,  # episodes per meta-step, split over the devices of the mesh
-        inner_lr=0.4,  # on the mean support loss
-        inner_steps=1,  # during meta-training
-        first_order=False,  # first-order MAML: no gradient through the inner gradients
-        adapt="all",  # all | head (ANIL)
-        learn_inner_lr="none",  # none | per_param (Meta-SGD) | per_layer_step (MAML++ LSLR)
-        multi_step_loss=False,  # MAML++: query loss after every inner step, annealed
-        msl_anneal_steps=0,  # steps over which the multi-step loss anneals to the last step
-        per_step_bn=False,  # MAML++: batch-norm weights and statistics per inner step
-        head_init="learned",  # learned | zero | proto (the last two work for any ways)
-        bn_test="batch",  # batch (transductive, as MAML) | running
-        remat=False,  # recompute inner-step activations in the backward pass (less memory)
     )
+    block.update(methods.defaults("maml"))
     block.update(overrides)
     return ml_collections.ConfigDict(block)
 

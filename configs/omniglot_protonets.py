@@ -11,13 +11,14 @@ paper's max-pooling one: on CPU the max-pooling trunk costs five times more per 
 """
 
 from configs import omniglot_maml
+from mtl.meta import methods
 
 
 def get_config():
     config = omniglot_maml.get_config()
     config.num_steps = 4000
     config.meta.update(method="protonets", ways=20, shots=1, queries=5, meta_batch=8)
-    config.meta.bn_test = "running"
+    config.meta.update(methods.defaults("protonets"))  # bn_test="running"
     config.eval.update(ways=(5,), shots=(1, 5), inner_steps=0, val_every=500)
     config.checkpoint.every = 250
     return config

@@ -16,6 +16,7 @@ import sys
 
 from absl import app, flags
 
+from mtl import entry
 from mtl.errors import ConfigError, DataError
 
 _HF_DIR = flags.DEFINE_string("hf_dir", None, "Hugging Face model directory, or package:NAME.")
@@ -29,11 +30,8 @@ flags.mark_flags_as_required(["hf_dir", "out"])
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from mtl import convert
-    from mtl.logs import quiet_library_logs
 
-    quiet_library_logs()
     try:
         hf_dir = convert.resolve(_HF_DIR.value)
         model = convert.write_checkpoint(hf_dir, _OUT.value, drop=_DROP.value)
@@ -45,4 +43,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    entry.run(main, tcmalloc=False)  # no JAX computation: no restart

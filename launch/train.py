@@ -13,13 +13,12 @@ flags below or the environment (see `mtl/distributed.py`).
 
 from __future__ import annotations
 
-import os
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mtl import allocator, distributed
+from mtl import distributed, entry
 from mtl.errors import ConfigError, DataError, unknown_field
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).")
@@ -46,12 +45,7 @@ _PROCESS_ID = flags.DEFINE_integer(
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    allocator.use_tcmalloc()  # restarts the process: before any JAX work
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from mtl.logs import quiet_library_logs
-    from mtl.train import get_trainer
-
-    quiet_library_logs()
+    from mtl.runs import get_trainer
 
     config = _CONFIG.value
     logging.info("Config:\n%s", config)
@@ -103,4 +97,4 @@ def override_error(argv: list[str], error: Exception) -> str:
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    entry.run(main, flags_parser=parse_flags)

@@ -60,8 +60,8 @@ def current_allocator() -> str:
 def use_tcmalloc() -> None:
     """Restarts this program under TCMalloc unless it runs under it already or opts out.
 
-    Call it first in an entry point's `main`: the restart replaces the process (same PID,
-    so SLURM and other process managers do not notice) and runs the whole command again.
+    `mtl.entry.run` calls it before an entry point's `main`: the restart replaces the process
+    (same PID, so SLURM and other process managers do not notice) and runs the whole command again.
     A bad `$MTL_MALLOC` or `$MTL_TCMALLOC` ends the program with one line and exit code 2.
     """
     try:

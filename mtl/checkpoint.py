@@ -21,7 +21,6 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from mtl.errors import CheckpointError, ConfigError
-from mtl.models.trunks import TRUNKS
 
 PyTree = Any
 
@@ -202,12 +201,14 @@ def _unused_trunks_dropped(config: dict) -> dict:
 
     `model` holds one block of defaults per registered trunk; only `model.trunk`'s block shapes
     the checkpoint. Without this, registering a new trunk (a new default block) would refuse to
-    resume every run recorded before it.
+    resume every run recorded before it. The other fields of `model` (`trunk`, `head_hidden`)
+    are plain values, so every dict but `model.trunk`'s is an unused trunk's block: no trunk
+    registry is needed to tell them apart.
     """
     model = config.get("model")
     if not isinstance(model, dict) or "trunk" not in model:
         return config
-    kept = {k: v for k, v in model.items() if k not in TRUNKS or k == model["trunk"]}
+    kept = {k: v for k, v in model.items() if not isinstance(v, dict) or k == model["trunk"]}
     return {**config, "model": kept}
 
 
@@ -290,3 +291,10 @@ def write_tree(path: str, tree: PyTree) -> None:
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(os.path.abspath(path), tree)
     checkpointer.wait_until_finished()
+
+
+def final_state(workdir: str) -> PyTree:
+    """The whole train state of the newest checkpoint of a finished run in `workdir` (host
+    arrays, nested dicts), with the integer keys NNX gives list items (Orbax reads them back
+    as "0", "1"...), so that its parameters fit the model's own tree."""
+    return int_keys(read_on_host(os.path.join(workdir, "checkpoints")))

@@ -10,13 +10,12 @@ tells how far float32 itself is from exact, on both sides).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
-from mtl import allocator
+from mtl import entry
 
 SENTENCES = (
     "a gripping , funny and ultimately moving film .",
@@ -59,8 +58,6 @@ def parity(hf_dir: str, sentences: Sequence[str] = SENTENCES) -> dict[str, float
 
 def main(argv):
     del argv
-    allocator.use_tcmalloc()  # restarts the process: before any JAX work
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from mtl.convert import resolve
 
     hf_dir = resolve(_HF_DIR.value)
@@ -75,4 +72,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    entry.run(main)

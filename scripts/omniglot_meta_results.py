@@ -17,11 +17,10 @@ import os
 import re
 import time
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 from configs import omniglot_maml, omniglot_protonets
-from mtl import allocator
-from mtl.logs import quiet_library_logs
+from mtl import entry
 from mtl.train import meta as meta_train
 
 _ROOT = flags.DEFINE_string("root", "/tmp/omniglot_meta", "Where the runs live.")
@@ -150,8 +149,6 @@ def write_readme(path: str, text: str) -> None:
 
 def main(argv):
     del argv
-    allocator.use_tcmalloc()  # restarts the process: before any JAX work
-    quiet_library_logs()
     results = {name: run(name) for name in _RUNS.value}
     results = {k: v for k, v in results.items() if v is not None}
     text = table(results)
@@ -161,4 +158,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    entry.run(main)

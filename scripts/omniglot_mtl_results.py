@@ -15,12 +15,11 @@ import json
 import os
 import time
 
-from absl import app, flags
+from absl import flags
 
 from configs import omniglot_mtl, omniglot_rotation
-from mtl import allocator
+from mtl import entry
 from mtl.compare import delta_m
-from mtl.logs import quiet_library_logs
 from mtl.train import multitask
 
 _ROOT = flags.DEFINE_string("root", "/tmp/omniglot_mtl_results", "Where the runs live.")
@@ -96,8 +95,6 @@ def table(single: dict, multi: dict[str, dict]) -> str:
 
 def main(argv):
     del argv
-    allocator.use_tcmalloc()  # restarts the process: before any JAX work
-    quiet_library_logs()
     single = {a: run(f"single_{a}", alphabets=a) for a in sorted(omniglot_mtl.ALPHABETS)}
     multi = {m: run(f"multi_{m}", weighting=m) for m in _METHODS.value}
     if _ROTATION.value:
@@ -110,4 +107,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    entry.run(main)

@@ -19,9 +19,9 @@ from __future__ import annotations
 import json
 import os
 
-from absl import app, flags, logging
+from absl import flags, logging
 
-from mtl import allocator
+from mtl import entry
 from scripts import readme
 from scripts.finished_runs import percent
 
@@ -75,13 +75,9 @@ def render(results: dict[tuple[str, str], list[dict]]) -> str:
 
 def main(argv):
     del argv
-    allocator.use_tcmalloc()  # restarts the process: before any JAX work
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from configs import senteval_dann
     from mtl.convert import converted_package
-    from mtl.logs import quiet_library_logs
 
-    quiet_library_logs()
     checkpoint = converted_package(os.path.join(_ROOT.value, "minilm"))
     results: dict[tuple[str, str], list[dict]] = {}
     for pair in _PAIRS.value:
@@ -119,4 +115,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    entry.run(main)

@@ -22,9 +22,9 @@ from __future__ import annotations
 import os
 import statistics
 
-from absl import app, flags
+from absl import flags
 
-from mtl import allocator
+from mtl import entry
 from scripts import readme
 from scripts.finished_runs import run_once
 
@@ -91,14 +91,10 @@ def render(teacher: dict, students: dict[str, list[dict]]) -> str:
 
 def main(argv):
     del argv
-    allocator.use_tcmalloc()  # restarts the process: before any JAX work
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from configs import senteval_distill, senteval_finetune
     from mtl.convert import converted_package
-    from mtl.logs import quiet_library_logs
     from mtl.train import distill, finetune
 
-    quiet_library_logs()
     task = _TASK.value
     teacher_config = with_data(senteval_finetune.get_config(task))
     teacher_config.init.checkpoint = converted_package(os.path.join(_ROOT.value, "minilm"))
@@ -151,4 +147,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    entry.run(main)

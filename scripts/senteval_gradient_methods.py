@@ -27,9 +27,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import app, flags, logging
+from absl import flags, logging
 
-from mtl import allocator
+from mtl import entry
 from mtl.compare import delta_m
 from mtl.weighting import TaskObjective, get_weighting
 from scripts import readme
@@ -307,10 +307,6 @@ def table(
 
 def main(argv):
     del argv
-    allocator.use_tcmalloc()  # restarts the process: before any JAX work
-    from mtl.logs import quiet_library_logs
-
-    quiet_library_logs()
     tasks, root = list(_TASKS.value), _ROOT.value
     os.makedirs(root, exist_ok=True)
     data = features(root, _CHECKPOINT.value, tasks)
@@ -359,4 +355,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    entry.run(main)

@@ -27,9 +27,9 @@ import os
 import shutil
 import time
 
-from absl import app, flags, logging
+from absl import flags, logging
 
-from mtl import allocator
+from mtl import entry
 from scripts import readme
 from scripts.finished_runs import run_once
 from scripts.transfer_matrix import transfer_matrix
@@ -210,11 +210,6 @@ def budgets(steps_full: int) -> str:
 
 def main(argv):
     del argv
-    allocator.use_tcmalloc()  # restarts the process: before any JAX work
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from mtl.logs import quiet_library_logs
-
-    quiet_library_logs()
     os.makedirs(_ROOT.value, exist_ok=True)
     import jax
 
@@ -247,4 +242,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    entry.run(main)

@@ -22,9 +22,9 @@ import json
 import os
 import shutil
 
-from absl import app, flags, logging
+from absl import flags, logging
 
-from mtl import allocator
+from mtl import entry
 from scripts import readme
 from scripts.finished_runs import percent
 
@@ -87,13 +87,9 @@ def render(first: str, second: str, runs: dict[str, list[dict]]) -> str:
 
 def main(argv):
     del argv
-    allocator.use_tcmalloc()  # restarts the process: before any JAX work
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from configs import senteval_sequential
     from mtl.convert import converted_package
-    from mtl.logs import quiet_library_logs
 
-    quiet_library_logs()
     first, second = _TASKS.value.split(",")
     checkpoint = converted_package(os.path.join(_ROOT.value, "minilm"))
     runs: dict[str, list[dict]] = {s: [] for s in _STRENGTHS.value}
@@ -132,4 +128,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    entry.run(main)

@@ -23,11 +23,10 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import flags
 
-from mtl import allocator
+from mtl import entry
 from mtl.data import omniglot
-from mtl.logs import quiet_library_logs
 from mtl.models import build_model
 from mtl.models import default_config as model_defaults
 from mtl.models.functional import PureModule
@@ -399,8 +398,6 @@ def tables(results: dict) -> str:
 
 def main(argv):
     del argv
-    allocator.use_tcmalloc()  # restarts the process: before any JAX work
-    quiet_library_logs()
     images = omniglot.load_omniglot(
         omniglot.resolve_data_dir(_DATA_DIR.value), tfds_dir=_TFDS_DIR.value
     )
@@ -427,4 +424,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    entry.run(main)

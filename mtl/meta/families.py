@@ -1,7 +1,9 @@
 """Episode families by name: `config.data.name` picks one; the rest of `config.data` are its
 options, checked against the loader's keyword arguments.
 
-A family has `kind` ("classification" or "regression"), `input_shape`, and
+A family declares its kind ("classification" or "regression") where it is registered, so
+`kind(data_config)` and `describe(data_config)` answer without loading any data. A loaded
+family has `input_shape` and
 
     check(split, ways, shots, queries)          # ConfigError if the split cannot supply them
     sample(split, seed, index, *, batch, ways, shots, queries) -> episodes (see episodes.py)
@@ -12,15 +14,52 @@ A family has `kind` ("classification" or "regression"), `input_shape`, and
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+
+import numpy as np
 
 from mtl.registry import Registry
 
 FAMILIES: Registry = Registry("episode family")
+KINDS = ("classification", "regression")
+
+# What the model sees, without loading the data: `inputs(**all options) -> (input_shape,
+# preprocess)`, called with the family's defaults updated by the config's options.
+Inputs = Callable[..., tuple[tuple[int, ...], Callable[[np.ndarray], np.ndarray]]]
 
 
-@FAMILIES.register("sinusoid")
+def _family(name: str, kind: str, inputs: Inputs) -> Callable:
+    """Registers a family factory under `name` with its `kind` and its `inputs` description
+    (a function of the same options), which `kind` and `describe` read without building it."""
+    if kind not in KINDS:
+        raise ValueError(f"Family {name!r}: kind must be one of {KINDS}, got {kind!r}.")
+
+    def add(factory: Callable) -> Callable:
+        factory.kind = kind
+        factory.inputs = inputs
+        return FAMILIES.register(name)(factory)
+
+    return add
+
+
+def _sinusoid_inputs(**options):
+    del options
+    from mtl.meta.sinusoid import SinusoidFamily
+
+    family = SinusoidFamily()
+    return family.input_shape, family.preprocess
+
+
+def _omniglot_inputs(*, image_size: int, **options):
+    del options
+    from mtl.data.omniglot import preprocess_omniglot
+
+    size = int(image_size)
+    return (size, size, 1), lambda images: preprocess_omniglot(images, size)
+
+
+@_family("sinusoid", kind="regression", inputs=_sinusoid_inputs)
 def sinusoid(
     amplitude: Sequence[float] = (0.1, 5.0),
     phase: Sequence[float] = (0.0, math.pi),
@@ -32,7 +71,7 @@ def sinusoid(
     return SinusoidFamily(tuple(amplitude), tuple(phase), tuple(x_range))
 
 
-@FAMILIES.register("omniglot")
+@_family("omniglot", kind="classification", inputs=_omniglot_inputs)
 def omniglot(
     data_dir: str | None = None,
     tfds_dir: str | None = None,
@@ -82,6 +121,16 @@ def load(data_config: Mapping[str, Any]):
     return FAMILIES.get(name)(**options)
 
 
+def kind(data_config: Mapping[str, Any]) -> str:
+    """The kind ("classification" or "regression") that the family named by `data_config.name`
+    declares.
+
+    Checks the block (a `ConfigError` names a bad field) but loads no data.
+    """
+    name, _ = check_config(data_config)
+    return FAMILIES.get(name).kind
+
+
 def describe(data_config: Mapping[str, Any]):
     """`(kind, input_shape, preprocess)` of a family without loading its data.
 
@@ -89,11 +138,6 @@ def describe(data_config: Mapping[str, Any]):
     PNG files) to what the model was trained on; the adapt/predict API applies it.
     """
     name, options = check_config(data_config)
-    if name == "sinusoid":
-        from mtl.meta.sinusoid import SinusoidFamily
-
-        return "regression", (1,), SinusoidFamily().preprocess
-    from mtl.data.omniglot import preprocess_omniglot
-
-    size = int(options.get("image_size", 28))
-    return "classification", (size, size, 1), lambda images: preprocess_omniglot(images, size)
+    factory = FAMILIES.get(name)
+    input_shape, preprocess = factory.inputs(**(FAMILIES.options(name) | options))
+    return factory.kind, input_shape, preprocess

@@ -38,7 +38,7 @@ from mtl import checkpoint, optim
 from mtl.errors import ConfigError, DataError
 from mtl.meta import families, methods
 from mtl.meta import model as mm
-from mtl.meta.protonets import ProtoNet, proto_logits
+from mtl.meta.protocol import MetaLearner
 
 PyTree = Any
 
@@ -48,7 +48,7 @@ class Learner:
     """A meta-trained learner: its meta-parameters, BN state and how to adapt them."""
 
     config: ml_collections.ConfigDict
-    method: Any  # a learner of mtl.meta.methods
+    method: MetaLearner  # built by mtl.meta.methods.build
     meta: PyTree
     model_state: PyTree
     kind: str
@@ -75,34 +75,32 @@ class Learner:
             classes, y = None, jnp.asarray(y_raw, jnp.float32).reshape(len(x), -1)
         ways = 1 if classes is None else len(classes)
         steps = int(self.config.eval.inner_steps if steps is None else steps)
-        support = {"x": x, "y": y}
-        if isinstance(self.method, ProtoNet):
-            return AdaptedLearner(self, support, None, ways, 0, classes)
-        if steps < 1:
-            raise ConfigError(f"adapt needs steps >= 1 for {self.config.meta.method}, got {steps}.")
-        fast = _adapt_jit(self.method, ways, steps, self._train_bn)(
-            self.meta, self.model_state, support
+        if steps < self.method.min_adapt_steps:
+            raise ConfigError(
+                f"adapt needs steps >= {self.method.min_adapt_steps} for "
+                f"{self.config.meta.method}, got {steps}."
+            )
+        adapted = _adapt_jit(self.method, ways, steps, self._train_bn)(
+            self.meta, self.model_state, {"x": x, "y": y}
         )
-        return AdaptedLearner(self, support, fast, ways, steps, classes)
+        return AdaptedLearner(self, adapted, ways, steps, classes)
 
     @property
     def _train_bn(self) -> bool:
-        default = "running" if isinstance(self.method, ProtoNet) else "batch"
-        return self.config.meta.get("bn_test", default) == "batch"
+        return self.method.bn_test == "batch"
 
     def _check_ways(self, ways: int) -> None:
         if ways < 2:
             raise DataError(f"A classification support set needs at least 2 classes, got {ways}.")
-        if isinstance(self.method, ProtoNet) or self.config.meta.head_init != "learned":
+        if self.method.head_per_episode or ways == self.trained_ways:
             return
-        if ways != self.trained_ways:
-            raise ConfigError(
-                f"This learner's head was meta-learned for {self.trained_ways} ways "
-                f"(meta.head_init='learned'), so it cannot classify {ways} classes: its "
-                f"{self.trained_ways} outputs have no meaning beyond the episodes it was trained "
-                f"on. Give {self.trained_ways} classes, or use a learner whose head is built per "
-                "episode: train with --config.meta.head_init=zero or proto, or ProtoNets."
-            )
+        raise ConfigError(
+            f"This learner's head was meta-learned for {self.trained_ways} ways "
+            f"(meta.head_init='learned'), so it cannot classify {ways} classes: its "
+            f"{self.trained_ways} outputs have no meaning beyond the episodes it was trained "
+            f"on. Give {self.trained_ways} classes, or use a learner whose head is built per "
+            "episode: train with --config.meta.head_init=zero or proto, or ProtoNets."
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,8 +108,7 @@ class AdaptedLearner:
     """A learner adapted to one support set."""
 
     learner: Learner
-    support: dict
-    fast: PyTree | None  # adapted weights (None for ProtoNets)
+    adapted: PyTree  # what the method's `predict` needs (MAML: weights; ProtoNets: support set)
     ways: int
     steps: int
     classes: np.ndarray | None  # the support set's labels, index = output index
@@ -120,15 +117,8 @@ class AdaptedLearner:
         """Logits [n, ways] (classification) or predictions [n, 1] (regression)."""
         lr = self.learner
         x = jnp.asarray(lr.preprocess(np.asarray(query_x)))
-        if isinstance(lr.method, ProtoNet):
-            out = _proto_jit(lr.method, self.ways, lr._train_bn)(
-                lr.meta, lr.model_state, self.support, x
-            )
-        else:
-            out = _forward_jit(lr.method, self.steps, lr._train_bn)(
-                lr.meta, lr.model_state, self.fast, x
-            )
-        return np.asarray(out)
+        predict = _predict_jit(lr.method, self.ways, self.steps, lr._train_bn)
+        return np.asarray(predict(lr.meta, lr.model_state, self.adapted, x))
 
     def predict(self, query_x) -> np.ndarray:
         """Labels (in the support set's labels) or regression values [n, 1]."""
@@ -147,27 +137,19 @@ def _cached(key, make):
     return _CACHE[key]
 
 
-def _adapt_jit(method, ways, steps, train_bn):
+def _adapt_jit(method: MetaLearner, ways: int, steps: int, train_bn: bool):
     def adapt(meta, state, support):
-        fast, _ = method.adapt(meta, state, support, ways=ways, steps=steps, train_bn=train_bn)
-        return fast
+        adapted, _ = method.adapt(meta, state, support, ways=ways, steps=steps, train_bn=train_bn)
+        return adapted
 
     return _cached(("adapt", id(method), ways, steps, train_bn), lambda: jax.jit(adapt))
 
 
-def _forward_jit(method, steps, train_bn):
-    def forward(meta, state, fast, x):
-        return method.forward(meta, state, fast, x, steps, train_bn)[0]
+def _predict_jit(method: MetaLearner, ways: int, steps: int, train_bn: bool):
+    def predict(meta, state, adapted, x):
+        return method.predict(meta, state, adapted, x, ways=ways, steps=steps, train_bn=train_bn)
 
-    return _cached(("forward", id(method), steps, train_bn), lambda: jax.jit(forward))
-
-
-def _proto_jit(method, ways, train_bn):
-    def logits(meta, state, support, x):
-        z_s, z_q, _ = method.embed_episode(meta, state, support["x"], x, train_bn)
-        return proto_logits(z_s, support["y"], z_q, ways)
-
-    return _cached(("proto", id(method), ways, train_bn), lambda: jax.jit(logits))
+    return _cached(("predict", id(method), ways, steps, train_bn), lambda: jax.jit(predict))
 
 
 def load_learner(workdir: str, *, step: int | None = None) -> Learner:

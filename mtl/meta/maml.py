@@ -22,8 +22,8 @@ per example.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -31,39 +31,49 @@ import jax.numpy as jnp
 from mtl.errors import ConfigError
 from mtl.meta import model as mm
 from mtl.meta.inner_loop import inner_loop
+from mtl.meta.protocol import BN_TEST, check_choice
 
 PyTree = Any
 
 ADAPT = ("all", "head")
 LEARN_INNER_LR = ("none", "per_param", "per_layer_step")
-BN_TEST = ("batch", "running")
+__all__ = ["ADAPT", "BN_TEST", "LEARN_INNER_LR", "Maml", "MamlOptions", "build", "msl_weights"]
 
 
 @dataclasses.dataclass(frozen=True)
 class MamlOptions:
-    """What adapts and how; see the module docstring. `inner_lr` applies to a mean loss."""
+    """What adapts and how; see the module docstring. These fields and defaults are the
+    `config.meta` options of the MAML family (`configs/meta_common.py` reads them from here).
+    """
 
-    inner_lr: float = 0.4
-    inner_steps: int = 1
-    first_order: bool = False
-    adapt: str = "all"
-    learn_inner_lr: str = "none"
-    multi_step_loss: bool = False
-    msl_anneal_steps: int = 0
-    per_step_bn: bool = False
-    head_init: str = "learned"
-    bn_test: str = "batch"
-    remat: bool = False
+    inner_lr: float = 0.4  # on the mean support loss
+    inner_steps: int = 1  # during meta-training
+    first_order: bool = False  # first-order MAML: no gradient through the inner gradients
+    adapt: str = "all"  # all | head (ANIL)
+    learn_inner_lr: str = "none"  # none | per_param (Meta-SGD) | per_layer_step (MAML++ LSLR)
+    multi_step_loss: bool = False  # MAML++: query loss after every inner step, annealed
+    msl_anneal_steps: int = 0  # steps over which the multi-step loss anneals to the last step
+    per_step_bn: bool = False  # MAML++: batch-norm weights and statistics per inner step
+    head_init: str = "learned"  # learned | zero | proto (the last two work for any ways)
+    bn_test: str = "batch"  # batch (transductive, as MAML) | running
+    remat: bool = False  # recompute inner-step activations in the backward pass (less memory)
 
-    def check(self, kind: str, head_hidden=()) -> None:
+    @property
+    def head_per_episode(self) -> bool:
+        """A head zeroed or made of prototypes per episode works for any number of ways."""
+        return self.head_init != "learned"
+
+    def num_outputs(self, kind: str, ways: int) -> int:
+        return 1 if kind == "regression" else int(ways)
+
+    def build(self, model: mm.MetaModel, params: PyTree, state: PyTree) -> Maml:
+        return build(model, params, state, self)
+
+    def check(self, kind: str, head_hidden: Sequence[int] = ()) -> None:
         """Raises a `ConfigError` naming the `meta.*` field that cannot work."""
-        for field, value, known in (
-            ("adapt", self.adapt, ADAPT),
-            ("learn_inner_lr", self.learn_inner_lr, LEARN_INNER_LR),
-            ("bn_test", self.bn_test, BN_TEST),
-        ):
-            if value not in known:
-                raise ConfigError(f"meta.{field} must be one of {', '.join(known)}, got {value!r}.")
+        check_choice("adapt", self.adapt, ADAPT)
+        check_choice("learn_inner_lr", self.learn_inner_lr, LEARN_INNER_LR)
+        check_choice("bn_test", self.bn_test, BN_TEST)
         if not isinstance(self.inner_steps, int) or self.inner_steps < 1:
             raise ConfigError(
                 f"meta.inner_steps must be an integer >= 1, got {self.inner_steps!r}."
@@ -76,12 +86,6 @@ class MamlOptions:
                 "meta.per_step_bn changes the trunk at every inner step, but meta.adapt='head' "
                 "(ANIL) keeps the trunk fixed and computes its features once. Turn one of them off."
             )
-
-
-def options_from(config: Mapping[str, Any]) -> MamlOptions:
-    """`MamlOptions` from the matching fields of the `config.meta` block."""
-    fields = {f.name for f in dataclasses.fields(MamlOptions)}
-    return MamlOptions(**{k: v for k, v in dict(config).items() if k in fields})
 
 
 def msl_weights(steps: int, anneal_steps: int, step: jax.Array) -> jax.Array:
@@ -108,6 +112,16 @@ class Maml:
     opts: MamlOptions
     bn_mask: PyTree  # trunk params: True at batch-norm scale / bias
     state_mask: PyTree  # trunk state: True at per-step statistics (all, with per_step_bn)
+
+    min_adapt_steps: ClassVar[int] = 1
+
+    @property
+    def head_per_episode(self) -> bool:
+        return self.opts.head_per_episode
+
+    @property
+    def bn_test(self) -> str:
+        return self.opts.bn_test
 
     # ---- meta-parameters -------------------------------------------------------------
     def init(self, params: PyTree, state: PyTree) -> tuple[PyTree, PyTree]:
@@ -217,6 +231,11 @@ class Maml:
             observe=observe,
         )
 
+    def predict(self, meta, state, adapted, x, *, ways: int, steps: int, train_bn: bool):
+        """Outputs for `x` of the weights `adapted` (from `adapt`) after `steps` inner steps."""
+        del ways  # the adapted head has its width
+        return self.forward(meta, state, adapted, x, steps, train_bn)[0]
+
     def _query_observer(self, meta, state, query, train_bn):
         """`observe` for `adapt`: query loss, metric and BN state after a step."""
         z_q = None
@@ -296,7 +315,7 @@ class Maml:
 
     def curve(self, meta, state, episode, *, ways: int, steps: int) -> jax.Array:
         """Query metric before adaptation and after each of `steps` inner steps: [steps + 1]."""
-        train_bn = self.opts.bn_test == "batch"
+        train_bn = self.bn_test == "batch"
         observe = self._query_observer(meta, state, episode["query"], train_bn)
         fast0 = self.initial(meta, state, episode["support"], ways=ways, train_bn=train_bn)
         start = observe(fast0, 0)["metric"]

@@ -1,58 +1,71 @@
 """Meta-learners by name: `config.meta.method` picks one of `METHODS`.
 
-Every learner has the same small interface, so the train loop, the evaluation and the
-adapt/predict API do not care which one they run:
+Each entry of `METHODS` is a method's options dataclass (`mtl.meta.protocol.MethodOptions`):
+its fields and their defaults are the `config.meta` options the method reads, in one place.
+It builds a learner with the interface of `mtl.meta.protocol.MetaLearner`, so the train loop,
+the evaluation and the adapt/predict API do not care which one they run:
 
     init(params, state) -> (meta_params, state)
     meta_grads(meta, state, batch, *, ways, step) -> (grads like meta, {"metrics", "state"})
     curve(meta, state, episode, *, ways, steps) -> query metric after 0..steps inner steps
+    adapt(meta, state, support, *, ways, steps, train_bn) -> (adapted, trace)
+    predict(meta, state, adapted, x, *, ways, steps, train_bn) -> outputs
+
+`config.meta` is one flat block: the episode fields (`method`, `ways`, `shots`, `queries`,
+`meta_batch`) and the options of the method; each method reads only its own fields.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from mtl.errors import ConfigError, unknown_name
-from mtl.meta import maml
 from mtl.meta import model as mm
-from mtl.meta.protonets import ProtoNet
-from mtl.meta.reptile import Reptile
+from mtl.meta.maml import MamlOptions
+from mtl.meta.protocol import MetaLearner, MethodOptions
+from mtl.meta.protonets import ProtoNetOptions
+from mtl.meta.reptile import ReptileOptions
+from mtl.registry import Registry
 
-METHODS = ("maml", "reptile", "protonets")
+METHODS: Registry[type[MethodOptions]] = Registry("meta-learning method")
+METHODS.register("maml")(MamlOptions)
+METHODS.register("reptile")(ReptileOptions)
+METHODS.register("protonets")(ProtoNetOptions)
 
 
-def check_method(meta_config: Mapping[str, Any], kind: str, head_hidden=()) -> str:
-    """The method name after checking the `config.meta` options it reads."""
+def defaults(name: str) -> dict[str, Any]:
+    """The `config.meta` options of method `name` with their defaults."""
+    return METHODS.options(name)
+
+
+def options(meta_config: Mapping[str, Any]) -> MethodOptions:
+    """The options of the method named by `meta_config.method`, from its fields of the block.
+
+    A `ConfigError` names an unknown method or an option of the wrong type.
+    """
     name = meta_config["method"]
-    if name not in METHODS:
-        raise unknown_name("meta-learning method", name, METHODS, field="meta.method")
-    if name == "protonets":
-        if kind != "classification":
-            raise ConfigError("meta.method='protonets' needs classification episodes.")
-        if meta_config.get("bn_test", "running") not in maml.BN_TEST:
-            raise ConfigError(f"meta.bn_test must be one of {', '.join(maml.BN_TEST)}.")
-    else:
-        opts = maml.options_from(meta_config)
-        opts.check(kind, head_hidden)
-        if name == "reptile":
-            Reptile(maml.Maml(None, opts, None, None)).check()
-    return name
+    factory = METHODS.get(name, field="meta.method")
+    accepted = METHODS.options(name)
+    given = {k: v for k, v in dict(meta_config).items() if k in accepted}
+    return factory(**METHODS.options_from(name, given, field="meta"))
+
+
+def check_method(meta_config: Mapping[str, Any], kind: str, head_hidden: Sequence[int] = ()) -> str:
+    """The method name after checking the `config.meta` options it reads."""
+    options(meta_config).check(kind, tuple(head_hidden or ()))
+    return meta_config["method"]
 
 
 def num_outputs(meta_config: Mapping[str, Any], kind: str) -> int | None:
     """Width of the head the model needs: none for ProtoNets, 1 for regression, else ways."""
-    if meta_config["method"] == "protonets":
-        return None
-    return 1 if kind == "regression" else int(meta_config["ways"])
+    return options(meta_config).num_outputs(kind, int(meta_config["ways"]))
 
 
-def build(meta_config: Mapping[str, Any], model: mm.MetaModel, params, state):
+def head_per_episode(meta_config: Mapping[str, Any]) -> bool:
+    """Whether the learner builds its head per episode, so that any number of ways works."""
+    return options(meta_config).head_per_episode
+
+
+def build(meta_config: Mapping[str, Any], model: mm.MetaModel, params, state) -> MetaLearner:
     """The learner named by `meta_config.method` (call `check_method` first)."""
-    name = meta_config["method"]
-    if name == "protonets":
-        learner = ProtoNet(model, meta_config.get("bn_test", "running"))
-        learner.check()
-        return learner
-    learner = maml.build(model, params, state, maml.options_from(meta_config))
-    return Reptile(learner) if name == "reptile" else learner
+    return options(meta_config).build(model, params, state)

@@ -58,7 +58,6 @@ class OmniglotFamily:
 
     splits: dict[str, ClassDataset]
     image_size: int
-    kind: str = "classification"
 
     @property
     def input_shape(self) -> tuple[int, ...]:

@@ -13,7 +13,8 @@ episode's own statistics (transductive, as MAML).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +22,7 @@ import optax
 
 from mtl.errors import ConfigError
 from mtl.meta import model as mm
+from mtl.meta.protocol import BN_TEST, check_choice
 
 PyTree = Any
 
@@ -36,17 +38,45 @@ def proto_logits(z_support, y_support, z_query, ways: int) -> jax.Array:
 
 
 @dataclasses.dataclass(frozen=True)
+class ProtoNetOptions:
+    """ProtoNets' `config.meta` options (the other fields of the block are not read)."""
+
+    bn_test: str = "running"  # running (as the original code's model.eval()) | batch
+
+    head_per_episode: ClassVar[bool] = True  # prototypes: any number of ways
+
+    def check(self, kind: str, head_hidden: Sequence[int] = ()) -> None:
+        del head_hidden  # no head
+        if kind != "classification":
+            raise ConfigError("meta.method='protonets' needs classification episodes.")
+        check_choice("bn_test", self.bn_test, BN_TEST)
+
+    def num_outputs(self, kind: str, ways: int) -> None:
+        return None  # the trunk only
+
+    def build(self, model: mm.MetaModel, params: PyTree, state: PyTree) -> ProtoNet:
+        del params, state
+        learner = ProtoNet(model, self)
+        learner.check()
+        return learner
+
+
+@dataclasses.dataclass(frozen=True)
 class ProtoNet:
     """ProtoNets with a trunk from `mtl.meta.model.build(..., num_outputs=None)`."""
 
     model: mm.MetaModel
-    bn_test: str = "running"
+    opts: ProtoNetOptions = ProtoNetOptions()
+
+    min_adapt_steps: ClassVar[int] = 0  # nothing adapts by gradient
+    head_per_episode: ClassVar[bool] = True
+
+    @property
+    def bn_test(self) -> str:
+        return self.opts.bn_test
 
     def check(self) -> None:
-        if self.model.kind != "classification":
-            raise ConfigError("meta.method='protonets' needs classification episodes.")
-        if self.bn_test not in ("batch", "running"):
-            raise ConfigError(f"meta.bn_test must be 'batch' or 'running', got {self.bn_test!r}.")
+        self.opts.check(self.model.kind)
 
     def init(self, params: PyTree, state: PyTree) -> tuple[PyTree, PyTree]:
         return {"params": {"trunk": params["trunk"]}}, state
@@ -81,3 +111,15 @@ class ProtoNet:
         del steps
         _, aux = self.task_loss(meta, state, episode, ways=ways, train_bn=self.bn_test == "batch")
         return aux["metrics"]["metric"][None]
+
+    def adapt(self, meta, state, support, *, ways: int, steps: int, train_bn: bool):
+        """`(support, {})`: nothing adapts. `predict` embeds the support set together with its
+        queries, in one batch as in meta-training (it matters with `bn_test="batch"`)."""
+        del meta, state, ways, steps, train_bn
+        return support, {}
+
+    def predict(self, meta, state, adapted, x, *, ways: int, steps: int, train_bn: bool):
+        """Logits [n, ways] of `x` against the prototypes of the support set `adapted`."""
+        del steps
+        z_s, z_q, _ = self.embed_episode(meta, state, adapted["x"], x, train_bn)
+        return proto_logits(z_s, adapted["y"], z_q, ways)

@@ -10,15 +10,41 @@ and scores the query set, exactly as for MAML.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 
 from mtl.errors import ConfigError
-from mtl.meta.maml import Maml
+from mtl.meta import maml
+from mtl.meta import model as mm
+from mtl.meta.maml import Maml, MamlOptions
 
 PyTree = Any
+
+
+def check_options(opts: MamlOptions) -> None:
+    """A `ConfigError` for the MAML options that Reptile does not take."""
+    if opts.learn_inner_lr != "none" or opts.per_step_bn or opts.multi_step_loss:
+        raise ConfigError(
+            "meta.method='reptile' takes no learned inner rates, per-step batch norm or "
+            "multi-step loss (those are MAML++ options); set them to none/False."
+        )
+    if opts.adapt != "all" or opts.head_init != "learned":
+        raise ConfigError("meta.method='reptile' needs meta.adapt='all', head_init='learned'.")
+
+
+@dataclasses.dataclass(frozen=True)
+class ReptileOptions(MamlOptions):
+    """Reptile's `config.meta` options: the MAML family's, less the MAML++ ones."""
+
+    def check(self, kind: str, head_hidden: Sequence[int] = ()) -> None:
+        super().check(kind, head_hidden)
+        check_options(self)
+
+    def build(self, model: mm.MetaModel, params: PyTree, state: PyTree) -> Reptile:
+        return Reptile(maml.build(model, params, state, self))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,15 +53,18 @@ class Reptile:
 
     maml: Maml
 
+    min_adapt_steps: ClassVar[int] = 1
+
+    @property
+    def head_per_episode(self) -> bool:
+        return self.maml.head_per_episode
+
+    @property
+    def bn_test(self) -> str:
+        return self.maml.bn_test
+
     def check(self) -> None:
-        o = self.maml.opts
-        if o.learn_inner_lr != "none" or o.per_step_bn or o.multi_step_loss:
-            raise ConfigError(
-                "meta.method='reptile' takes no learned inner rates, per-step batch norm or "
-                "multi-step loss (those are MAML++ options); set them to none/False."
-            )
-        if o.adapt != "all" or o.head_init != "learned":
-            raise ConfigError("meta.method='reptile' needs meta.adapt='all', head_init='learned'.")
+        check_options(self.maml.opts)
 
     def init(self, params: PyTree, state: PyTree) -> tuple[PyTree, PyTree]:
         return self.maml.init(params, state)
@@ -64,3 +93,10 @@ class Reptile:
 
     def curve(self, meta, state, episode, *, ways: int, steps: int) -> jax.Array:
         return self.maml.curve(meta, state, episode, ways=ways, steps=steps)
+
+    def adapt(self, meta, state, support, *, ways: int, steps: int, train_bn: bool):
+        """Adapts to a support set as MAML does (evaluation and the adapt/predict API)."""
+        return self.maml.adapt(meta, state, support, ways=ways, steps=steps, train_bn=train_bn)
+
+    def predict(self, meta, state, adapted, x, *, ways: int, steps: int, train_bn: bool):
+        return self.maml.predict(meta, state, adapted, x, ways=ways, steps=steps, train_bn=train_bn)

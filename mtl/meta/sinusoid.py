@@ -26,7 +26,6 @@ class SinusoidFamily:
     amplitude: tuple[float, float] = (0.1, 5.0)
     phase: tuple[float, float] = (0.0, math.pi)
     x_range: tuple[float, float] = (-5.0, 5.0)
-    kind: str = "regression"
     input_shape: tuple[int, ...] = (1,)
 
     def __post_init__(self):

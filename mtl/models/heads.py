@@ -14,7 +14,7 @@ import jax
 from flax import nnx
 
 from mtl.registry import Registry
-from mtl.transfer.dann import gradient_reversal
+from mtl.models.gradient_reversal import gradient_reversal
 
 HEADS: Registry = Registry("head")
 
@@ -46,7 +46,7 @@ class DenseHead(nnx.Module):
 
 class GradientReversalHead(DenseHead):
     """A classification head that reads the representation through a gradient-reversal layer
-    (`mtl.transfer.dann`): the head learns to classify, while the trunk below it receives the
+    (`mtl.models.gradient_reversal`): the head learns to classify, while the trunk below it receives the
     negated gradient, times `reversal_scale`, and so learns to defeat it. Domain-adversarial
     training (`trainer="dann"`) uses it as the domain classifier. Same parameters as
     `DenseHead`; `reversal_scale` is a static attribute the trainer sets before compiling."""

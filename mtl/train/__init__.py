@@ -1,27 +1,21 @@
-"""Training loops, one file per kind of run; `config.trainer` picks one by name."""
+"""The run engine: a typed `TrainState`, an `Experiment` and the one loop that runs it.
 
-from __future__ import annotations
+    from mtl.train import run
+    result = run(experiment, workdir)   # Result(state, metrics, stopped, seconds)
 
-import importlib
-from collections.abc import Callable
+The kinds of run that build Experiments from configs are in `mtl.runs`.
+"""
 
-from mtl.errors import unknown_name
+from mtl.train.experiment import BatchSource, EvalContext, Evaluator, Experiment, Result
+from mtl.train.loop import run
+from mtl.train.state import TrainState
 
-# trainer name -> "module:function"; imported on use so a run loads only its own loop.
-TRAINERS: dict[str, str] = {
-    "multitask": "mtl.train.multitask:train_and_evaluate",
-    "finetune": "mtl.train.finetune:train_and_evaluate",
-    "meta": "mtl.train.meta:train_and_evaluate",
-    "affinity": "mtl.train.affinity:train_and_evaluate",
-    "distill": "mtl.train.distill:train_and_evaluate",
-    "sequential": "mtl.train.sequential:train_and_evaluate",
-    "dann": "mtl.train.dann:train_and_evaluate",
-}
-
-
-def get_trainer(name: str) -> Callable:
-    """The `train_and_evaluate(config, workdir)` function of trainer `name`."""
-    if name not in TRAINERS:
-        raise unknown_name("trainer", name, TRAINERS, field="trainer")
-    module, function = TRAINERS[name].split(":")
-    return getattr(importlib.import_module(module), function)
+__all__ = [
+    "BatchSource",
+    "EvalContext",
+    "Evaluator",
+    "Experiment",
+    "Result",
+    "TrainState",
+    "run",
+]

@@ -4,7 +4,8 @@ Backpropagation", ICML 2015; Ganin et al., JMLR 2016).
 A domain classifier reads the shared representation through a gradient-reversal layer: the
 classifier learns to tell source from target, while the trunk receives the reversed (negated,
 scaled) gradient and so learns features the classifier cannot separate. The label loss uses
-the labelled source examples only.
+the labelled source examples only. The layer itself lives with the models
+(`mtl.models.gradient_reversal`), as the domain-classifier head uses it.
 """
 
 from __future__ import annotations
@@ -13,30 +14,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mtl.models.gradient_reversal import gradient_reversal
 
-@jax.custom_vjp
-def _reverse(x: jax.Array, scale: jax.Array) -> jax.Array:
-    return x
-
-
-def _reverse_fwd(x, scale):
-    return x, scale
-
-
-def _reverse_bwd(scale, g):
-    return -scale.astype(g.dtype) * g, jnp.zeros_like(scale)
-
-
-_reverse.defvjp(_reverse_fwd, _reverse_bwd)
-
-
-def gradient_reversal(x: jax.Array, scale: float | jax.Array = 1.0) -> jax.Array:
-    """Identity forward (exactly); backward multiplies the cotangent by `-scale`.
-
-    `scale` is an ordinary (possibly traced) argument, so it may change every step (Ganin's
-    schedule); it gets no gradient.
-    """
-    return _reverse(x, jnp.asarray(scale, jnp.float32))
+__all__ = ["domain_loss", "ganin_lambda", "gradient_reversal"]
 
 
 def ganin_lambda(progress: jax.Array, gamma: float = 10.0) -> jax.Array:

@@ -105,8 +105,40 @@ def restore_trunk(
     """Loads the checkpoint's trunk parameters into `trunk` in place; returns the paths
     `loaded`, kept `fresh`, `skipped` and LoRA factors `merged` into their kernels."""
     state = nnx.state(trunk, nnx.Param)
-    fresh = flatten(nnx.to_pure_dict(state))
+    params, report = restored_params(
+        nnx.to_pure_dict(state), source, keep_fresh=keep_fresh, skip=skip
+    )
+    nnx.replace_by_pure_dict(state, params)
+    nnx.update(trunk, state)
+    return report
+
+
+def restored_params(
+    params: Mapping[str, Any],
+    source: TrunkSource,
+    *,
+    keep_fresh: Sequence[str] = KEEP_FRESH,
+    skip: Sequence[str] = SKIP,
+) -> tuple[dict[str, Any], dict[str, list[str]]]:
+    """`params` (a trunk's pure parameter dict) with the checkpoint's values where it has
+    them, and the report of `restore_trunk`; one `ConfigError` lists every misfit."""
+    fresh = flatten(params)
     saved = flatten(checkpoint.tree_shapes(source.params_path, source.select))
+    loaded, only_fresh, only_saved, merge = _fit(fresh, saved, source, keep_fresh, skip)
+    like = unflatten({p: saved[p] for p in loaded + merge})
+    values = flatten(checkpoint.read_subtree(source.params_path, source.select, like))
+    for path in merge:
+        if path.endswith("/lora_a"):
+            layer = path.removesuffix("/lora_a")
+            a, b = values[f"{layer}/lora_a"], values[f"{layer}/lora_b"]
+            values[f"{layer}/kernel"] = values[f"{layer}/kernel"] + source.lora_scale * (a @ b)
+    cast = {p: jax.numpy.asarray(values[p], fresh[p].dtype) for p in loaded}
+    report = {"loaded": loaded, "fresh": only_fresh, "skipped": only_saved, "merged": merge}
+    return unflatten({p: cast.get(p, v) for p, v in fresh.items()}), report
+
+
+def _fit(fresh, saved, source, keep_fresh, skip):
+    """`(loaded, fresh only, saved only, LoRA factors to merge)`, or a `ConfigError`."""
     keep_fresh = [re.compile(p) for p in keep_fresh]
     skip = [re.compile(p) for p in skip]
     mismatched = [
@@ -139,15 +171,4 @@ def restore_trunk(
             "Nothing was loaded."
         )
         raise ConfigError("\n".join(lines))
-    loaded = sorted(set(fresh) & set(saved))
-    like = unflatten({p: saved[p] for p in loaded + merge})
-    values = flatten(checkpoint.read_subtree(source.params_path, source.select, like))
-    for path in merge:
-        if path.endswith("/lora_a"):
-            layer = path.removesuffix("/lora_a")
-            a, b = values[f"{layer}/lora_a"], values[f"{layer}/lora_b"]
-            values[f"{layer}/kernel"] = values[f"{layer}/kernel"] + source.lora_scale * (a @ b)
-    cast = {p: jax.numpy.asarray(values[p], fresh[p].dtype) for p in loaded}
-    nnx.replace_by_pure_dict(state, unflatten({p: cast.get(p, v) for p, v in fresh.items()}))
-    nnx.update(trunk, state)
-    return {"loaded": loaded, "fresh": only_fresh, "skipped": only_saved, "merged": merge}
+    return sorted(set(fresh) & set(saved)), only_fresh, only_saved, merge

@@ -1,8 +1,10 @@
 """Fine-tuning strategies as parameter groups: which parameters train, how fast, from when.
 
-`config.finetune.strategy` picks one; each becomes a `Plan`: path-regex rules that give every
-parameter a group (first match wins, see `mtl.transfer.partition`) and per group a learning-rate
-multiplier, a start step, or "frozen" (no updates, no optimizer state):
+`config.finetune.strategy` picks one of `STRATEGIES`, a `Registry` whose entries are frozen
+dataclasses: their fields and defaults are the strategy's options (`config.finetune.<name>`).
+Each becomes a `Plan`: path-regex rules that give every parameter a group (first match wins,
+see `mtl.transfer.partition`) and per group a learning-rate multiplier, a start step, or
+"frozen" (no updates, no optimizer state):
 
 | strategy             | groups                                                                 |
 | -------------------- | ---------------------------------------------------------------------- |
@@ -34,25 +36,14 @@ import optax
 from flax import nnx
 
 from mtl import optim
-from mtl.errors import ConfigError, unknown_name
+from mtl.errors import ConfigError
+from mtl.registry import Registry
 from mtl.transfer import lora, partition
 
-STRATEGIES = ("feature_extraction", "full", "llrd", "gradual_unfreezing", "lp_ft", "lora")
 FROZEN = "frozen"
+STRATEGIES: Registry = Registry("fine-tuning strategy")
 
-
-def default_config() -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(
-        dict(
-            strategy="full",
-            head_lr_mult=1.0,  # heads' learning rate / optimizer.learning_rate
-            freeze=(),  # regexes of parameters frozen under any strategy
-            llrd=dict(decay=0.8),
-            gradual_unfreezing=dict(every=100),
-            lp_ft=dict(probe_steps=100, trunk_lr_mult=1.0),
-            lora=dict(rank=8, alpha=16.0, targets=lora.DEFAULT_TARGETS),
-        )
-    )
+Rules = list[tuple[str, str]]  # (regex over parameter paths, group), first match wins
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,26 +54,153 @@ class Group:
 
 
 class Plan(NamedTuple):
-    rules: list[tuple[str, str]]  # (regex over parameter paths, group), first match wins
+    rules: Rules
     groups: dict[str, Group]
+
+
+class Strategy:
+    """A registered strategy: a frozen dataclass whose fields are its `finetune.<name>` options.
+
+    `groups` gives the trunk's rules and groups (the heads' come first, from `plan`); `check`
+    and `prepare` are no-ops unless a strategy needs them.
+    """
+
+    def check(self, num_steps: int) -> None:
+        """A `ConfigError` for option values that cannot work over `num_steps` steps."""
+
+    def groups(self, params: Mapping[str, Any]) -> tuple[Rules, dict[str, Group]]:
+        raise NotImplementedError
+
+    def prepare(self, model: nnx.Module, seed: int) -> list[str]:
+        """Changes `model` before training (LoRA adds its factors); the layers changed."""
+        del model, seed
+        return []
+
+
+@STRATEGIES.register("feature_extraction")
+@dataclasses.dataclass(frozen=True)
+class FeatureExtraction(Strategy):
+    """Heads train; the trunk is frozen."""
+
+    def groups(self, params):
+        return [("", FROZEN)], {}
+
+
+@STRATEGIES.register("full")
+@dataclasses.dataclass(frozen=True)
+class Full(Strategy):
+    """Everything trains."""
+
+    def groups(self, params):
+        return [("", "trunk")], {"trunk": Group()}
+
+
+@STRATEGIES.register("llrd")
+@dataclasses.dataclass(frozen=True)
+class LayerwiseLrDecay(Strategy):
+    """Layer-wise learning-rate decay: a layer at depth d (top = 0) trains at decay^d."""
+
+    decay: float = 0.8
+
+    def check(self, num_steps):
+        if not 0 < self.decay <= 1:
+            raise ConfigError(f"finetune.llrd.decay must be in (0, 1], got {self.decay}.")
+
+    def groups(self, params):
+        rules, depth = _per_layer(params)
+        return rules, {name: Group(self.decay**d) for name, d in depth.items()}
+
+
+@STRATEGIES.register("gradual_unfreezing")
+@dataclasses.dataclass(frozen=True)
+class GradualUnfreezing(Strategy):
+    """ULMFiT: a layer at depth d (top = 0) starts training at step max(d, 1) * every."""
+
+    every: int = 100
+
+    def check(self, num_steps):
+        if self.every < 1:
+            raise ConfigError("finetune.gradual_unfreezing.every must be >= 1.")
+
+    def groups(self, params):
+        rules, depth = _per_layer(params)
+        return rules, {name: Group(start=max(d, 1) * self.every) for name, d in depth.items()}
+
+
+@STRATEGIES.register("lp_ft")
+@dataclasses.dataclass(frozen=True)
+class LinearProbeThenFineTune(Strategy):
+    """Heads from step 0; the trunk from `probe_steps` at `trunk_lr_mult`."""
+
+    probe_steps: int = 100
+    trunk_lr_mult: float = 1.0
+
+    def check(self, num_steps):
+        if not 0 < self.probe_steps < num_steps:
+            raise ConfigError(
+                f"finetune.lp_ft.probe_steps={self.probe_steps} must lie in "
+                f"(0, num_steps={num_steps}) so that both phases run."
+            )
+
+    def groups(self, params):
+        return [("", "trunk")], {"trunk": Group(self.trunk_lr_mult, start=self.probe_steps)}
+
+
+@STRATEGIES.register("lora")
+@dataclasses.dataclass(frozen=True)
+class LoRA(Strategy):
+    """Heads and LoRA factors train; every other weight is frozen."""
+
+    rank: int = 8
+    alpha: float = 16.0
+    targets: str = lora.DEFAULT_TARGETS
+
+    def check(self, num_steps):
+        if int(self.rank) < 1 or self.alpha <= 0:
+            raise ConfigError("finetune.lora.rank must be >= 1 and finetune.lora.alpha > 0.")
+
+    def groups(self, params):
+        return [(r"/lora_[ab]$", "lora"), ("", FROZEN)], {"lora": Group()}
+
+    def prepare(self, model, seed):
+        return lora.add_lora(
+            model.trunk,
+            rank=int(self.rank),
+            alpha=float(self.alpha),
+            targets=self.targets,
+            rngs=nnx.Rngs(seed + 1),
+        )
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """`strategy`, the options of every strategy, and one block per strategy that has options
+    (its dataclass fields and their defaults)."""
+    block: dict[str, Any] = dict(
+        strategy="full",
+        head_lr_mult=1.0,  # heads' learning rate / optimizer.learning_rate
+        freeze=(),  # regexes of parameters frozen under any strategy
+    )
+    for name in STRATEGIES:
+        if options := STRATEGIES.options(name):
+            block[name] = options
+    return ml_collections.ConfigDict(block)
+
+
+def strategy(config: Mapping[str, Any]) -> Strategy:
+    """The strategy named by `config.strategy` with its options from `config.<strategy>`.
+
+    A `ConfigError` names an unknown strategy, or an option it does not take or of the wrong
+    type.
+    """
+    name = config["strategy"]
+    factory = STRATEGIES.get(name, field="finetune.strategy")
+    options = STRATEGIES.options_from(name, config.get(name), field=f"finetune.{name}")
+    return factory(**options)
 
 
 def check(config: Mapping[str, Any], num_steps: int) -> None:
     """`ConfigError` for an unknown strategy or option values that cannot work."""
-    strategy = config["strategy"]
-    if strategy not in STRATEGIES:
-        raise unknown_name("fine-tuning strategy", strategy, STRATEGIES, field="finetune.strategy")
-    if strategy == "llrd" and not 0 < config["llrd"]["decay"] <= 1:
-        raise ConfigError(f"finetune.llrd.decay must be in (0, 1], got {config['llrd']['decay']}.")
-    if strategy == "gradual_unfreezing" and config["gradual_unfreezing"]["every"] < 1:
-        raise ConfigError("finetune.gradual_unfreezing.every must be >= 1.")
-    if strategy == "lp_ft" and not 0 < config["lp_ft"]["probe_steps"] < num_steps:
-        raise ConfigError(
-            f"finetune.lp_ft.probe_steps={config['lp_ft']['probe_steps']} must lie in "
-            f"(0, num_steps={num_steps}) so that both phases run."
-        )
-    if strategy == "lora" and (int(config["lora"]["rank"]) < 1 or config["lora"]["alpha"] <= 0):
-        raise ConfigError("finetune.lora.rank must be >= 1 and finetune.lora.alpha > 0.")
+    strategy(config).check(num_steps)
 
 
 def num_layers(params: Mapping[str, Any]) -> int:
@@ -96,49 +214,25 @@ def num_layers(params: Mapping[str, Any]) -> int:
     return len(layers)
 
 
-def _per_layer(count: int) -> list[tuple[str, str]]:
-    """Rules that give the embeddings, each layer and the pooler a group of their own."""
-    return (
+def _per_layer(params: Mapping[str, Any]) -> tuple[Rules, dict[str, int]]:
+    """Rules that give the embeddings, each layer and the pooler a group of their own, and each
+    group's depth: 0 = top (pooler), L - i for layer i, L + 1 for the embeddings."""
+    count = num_layers(params)
+    rules = (
         [("^trunk/embeddings/", "embeddings")]
         + [(f"^trunk/layers/{i}/", f"layer_{i}") for i in range(count)]
         + [("^trunk/pooler/", "pooler")]
     )
+    depth = {"pooler": 0, "embeddings": count + 1} | {f"layer_{i}": count - i for i in range(count)}
+    return rules, depth
 
 
 def plan(config: Mapping[str, Any], params: Mapping[str, Any]) -> Plan:
     """The groups of `config.strategy` for `params` (`{"trunk": ..., "heads": ...}`)."""
-    strategy = config["strategy"]
-    head = Group(config["head_lr_mult"])
     rules = [(pattern, FROZEN) for pattern in config["freeze"]] + [("^heads/", "heads")]
-    groups = {FROZEN: Group(frozen=True), "heads": head}
-    if strategy == "feature_extraction":
-        rules.append(("", FROZEN))
-    elif strategy == "full":
-        rules.append(("", "trunk"))
-        groups["trunk"] = Group()
-    elif strategy == "lora":
-        rules += [(r"/lora_[ab]$", "lora"), ("", FROZEN)]
-        groups["lora"] = Group()
-    elif strategy == "lp_ft":
-        rules.append(("", "trunk"))
-        groups["trunk"] = Group(
-            config["lp_ft"]["trunk_lr_mult"], start=config["lp_ft"]["probe_steps"]
-        )
-    elif strategy in ("llrd", "gradual_unfreezing"):
-        count = num_layers(params)
-        rules += _per_layer(count)
-        # depth 0 = top (pooler), L = lowest layer... embeddings L + 1.
-        depth = {"pooler": 0, "embeddings": count + 1} | {
-            f"layer_{i}": count - i for i in range(count)
-        }
-        for name, d in depth.items():
-            if strategy == "llrd":
-                groups[name] = Group(config["llrd"]["decay"] ** d)
-            else:
-                groups[name] = Group(start=max(d, 1) * config["gradual_unfreezing"]["every"])
-    else:
-        raise unknown_name("fine-tuning strategy", strategy, STRATEGIES, field="finetune.strategy")
-    return Plan(rules, groups)
+    groups = {FROZEN: Group(frozen=True), "heads": Group(config["head_lr_mult"])}
+    trunk_rules, trunk_groups = strategy(config).groups(params)
+    return Plan(rules + trunk_rules, groups | trunk_groups)
 
 
 def make_optimizer(
@@ -188,16 +282,7 @@ def clip_trainable(plan_: Plan, max_norm: float) -> optax.GradientTransformation
 
 def prepare_model(model: nnx.Module, config: Mapping[str, Any], seed: int) -> list[str]:
     """Adds LoRA factors to the trunk when the strategy is `lora`; returns the layers changed."""
-    if config["strategy"] != "lora":
-        return []
-    options = config["lora"]
-    return lora.add_lora(
-        model.trunk,
-        rank=int(options["rank"]),
-        alpha=float(options["alpha"]),
-        targets=options["targets"],
-        rngs=nnx.Rngs(seed + 1),
-    )
+    return strategy(config).prepare(model, seed)
 
 
 def summary(plan_: Plan, params: Mapping[str, Any]) -> dict[str, Any]:

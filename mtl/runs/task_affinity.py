@@ -1,10 +1,10 @@
 """A multi-task run that also measures the lookahead inter-task affinity (`trainer="affinity"`).
 
-It is the multi-task loop (`mtl.train.multitask`) with a train step that, every
+It is the supervised run (`mtl.runs.supervised`) with a train step that, every
 `config.affinity.every` steps, computes `mtl.transfer.affinity.lookahead_affinity` on the batch
 at the current parameters (before the step) and adds it to a running sum kept in the train
-state, so it is checkpointed and a resumed run keeps accumulating. At the end the mean matrix,
-the suggested groupings and a heatmap are written to `<workdir>/affinity/`.
+state (`extras["affinity"]`), so it is checkpointed and a resumed run keeps accumulating. At
+the end the mean matrix, the suggested groupings and a heatmap go to `<workdir>/affinity/`.
 
     python -m launch.train --config=configs/omniglot_affinity.py --workdir=/tmp/affinity
 """
@@ -18,8 +18,11 @@ import jax.numpy as jnp
 import ml_collections
 
 from mtl.errors import ConfigError
-from mtl.train import loop, multitask
-from mtl.train.multitask_step import Steps, make_steps
+from mtl.runs import supervised
+from mtl.runs.supervised_step import Steps
+from mtl.train.experiment import Result
+from mtl.train.loop import run
+from mtl.train.state import TrainState
 from mtl.transfer import affinity
 
 
@@ -29,54 +32,50 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def with_affinity(steps: Steps, num_tasks: int, every: int, lr: float) -> Steps:
-    """`steps` whose state carries `affinity = {"sum": [T, T], "count": int32}`."""
+    """`steps` whose state carries `extras["affinity"] = {"sum": [T, T], "count": int32}`."""
 
-    def init():
-        state = steps.init()
-        state["affinity"] = {
+    def init() -> TrainState:
+        zero = {
             "sum": jnp.zeros((num_tasks, num_tasks), jnp.float32),
             "count": jnp.zeros((), jnp.int32),
         }
-        return state
+        return steps.init().with_extras(affinity=zero)
 
-    def train_step(state, batch):
-        state = dict(state)
-        acc = state.pop("affinity")
-        objective = steps.objective(state["params"], state["model_state"], batch, True)
-        due = state["step"] % every == 0
+    def train_step(state: TrainState, batch):
+        acc = state.extras["affinity"]
+        objective = steps.objective(state.params, state.model_state, batch, True)
+        due = state.step % every == 0
         z = jax.lax.cond(
             due,
             lambda: affinity.lookahead_affinity(objective, lr).astype(jnp.float32),
             lambda: jnp.zeros((num_tasks, num_tasks), jnp.float32),
         )
         new_state, metrics = steps.train_step(state, batch)
-        new_state["affinity"] = {"sum": acc["sum"] + z, "count": acc["count"] + due}
-        return new_state, metrics
+        summed = {"sum": acc["sum"] + z, "count": acc["count"] + due}
+        return new_state.with_extras(affinity=summed), metrics
 
     return Steps(init, train_step, steps.eval_step, steps.objective)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
-    """The multi-task run of `config`, plus `<workdir>/affinity/affinity.{npy,json,png}`."""
+def train(config: ml_collections.ConfigDict, workdir: str) -> Result:
+    """The supervised run of `config`, plus `<workdir>/affinity/affinity.{npy,json,png}`."""
     options = config.get("affinity") or default_config()
     every, lr = int(options.every), float(options.lr)
     if every < 1 or lr <= 0:
         raise ConfigError(
             f"affinity.every must be >= 1 and affinity.lr > 0, got every={every}, lr={lr}."
         )
-    names = sorted(config.tasks)  # the order of `tasks_from_config`
-
-    def steps_fn(model, tasks, optimizer, weighting, seed):
-        steps = make_steps(model, tasks, optimizer, weighting, seed)
-        return with_affinity(steps, len(tasks), every, lr)
-
-    results = multitask.train_and_evaluate(config, workdir, steps_fn=steps_fn)
-    if not results:  # stopped early (preemption): the accumulator is in the checkpoint
-        return results
-    acc = loop.final_state(workdir)["affinity"]
+    supervised.require_mixed(config)
+    parts = supervised.parts(config)
+    steps = with_affinity(parts.steps(), len(parts.tasks), every, lr)
+    result = run(supervised.experiment(parts, steps), workdir)
+    if result.stopped:  # the accumulator is in the checkpoint
+        return result
+    acc = jax.device_get(result.state.extras["affinity"])
     mean = acc["sum"] / max(int(acc["count"]), 1)
     if jax.process_index() == 0:
+        names = [t.name for t in parts.tasks]
         affinity.write_report(
             mean, names, os.path.join(workdir, "affinity"), int(options.max_groups)
         )
-    return results
+    return result

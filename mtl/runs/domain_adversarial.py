@@ -23,6 +23,7 @@ classifier's test accuracy (near 50% once the features no longer tell the domain
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 
@@ -30,11 +31,12 @@ import jax
 import ml_collections
 import numpy as np
 
-from mtl.data import arrays, sources
+from mtl.data import arrays, batches, sources
 from mtl.errors import ConfigError
+from mtl.runs import evaluators, supervised
 from mtl.tasks import tasks_from_config
-from mtl.train import loop, multitask, rebuild
-from mtl.train.multitask_step import make_steps
+from mtl.train.experiment import Result
+from mtl.train.loop import run
 
 DOMAIN = "domain"
 
@@ -98,46 +100,42 @@ def target_as_source(data: arrays.ArrayDataset, source: str, target: str):
     return arrays.take(relabelled, rows)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
+def train(config: ml_collections.ConfigDict, workdir: str) -> Result:
+    """The DANN run; `Result.metrics["test"]` adds the source head's target test metrics."""
     source, target, scale = check(config)
     run_config = copy.deepcopy(config)
     run_config.tasks[DOMAIN] = dict(head="domain_adversarial", num_outputs=2, label=DOMAIN)
-    run_loop = rebuild.loop_module(run_config)
-    run_loop.validate(run_config)  # names, options, checkpoint (and the text tokenizer)
+    supervised.require_mixed(run_config)
+    supervised.check(run_config)  # names, options, checkpoint (and the text tokenizer)
     # The target is loaded as a task with the source's classes, so its labels are checked to
     # fit the source head before anything trains.
     spec = dict(config.tasks[source]) | {"label": target}
     both = tasks_from_config({source: config.tasks[source], target: spec})
-    data = multitask.load_data(run_config, both)
+    data = supervised.load_data(run_config, both)
     domains = sources.MultiTaskData(
         with_domains(data.train, source, target, seed=config.seed),
         with_domains(data.test, source, target),
     )
-
-    def steps_fn(model, tasks, optimizer, weighting, seed):
-        model.heads[DOMAIN].reversal_scale = scale  # static: compiled into the step
-        return make_steps(model, tasks, optimizer, weighting, seed)
-
-    results = run_loop.train_and_evaluate(run_config, workdir, steps_fn=steps_fn, data=domains)
-    if not results:  # preempted: the same command resumes
-        return results
-
-    # The source head on the target's test examples.
-    state = loop.final_state(workdir)
-    state = {"params": state["params"], "model_state": state["model_state"]}
-    (source_task,) = [t for t in tasks_from_config(run_config.tasks) if t.name == source]
-    target_test = target_as_source(data.test, source, target)
-    scored = rebuild.evaluate(run_config, [source_task], state, target_test)
-    results = results | {f"{target} (by the {source} head)": scored[source]}
+    parts = supervised.parts(run_config, data=domains)
+    parts.model.heads[DOMAIN].reversal_scale = scale  # static: set before the steps are made
+    steps = parts.steps()
+    on_target = evaluators.dataset_metrics(
+        "target", steps.eval_step, target_as_source(data.test, source, target),
+        run_config.eval_batch_size, batches.trim_text(int(run_config.get("pad_to_multiple", 0))),
+    )  # fmt: skip
+    result = run(supervised.experiment(parts, steps).add_evaluators(on_target), workdir)
+    if result.stopped:
+        return result
+    results = result["test"] | {f"{target} (by the {source} head)": result["target"][source]}
     if jax.process_index() == 0:
         report = {
             "source": source,
             "target": target,
             "scale": scale,
             "source_test": results[source]["accuracy"],
-            "target_test": scored[source]["accuracy"],
+            "target_test": result["target"][source]["accuracy"],
             "domain_test": results[DOMAIN]["accuracy"],
         }
         with open(os.path.join(workdir, "dann.json"), "w") as f:
             json.dump(report, f, indent=2)
-    return results
+    return dataclasses.replace(result, metrics=result.metrics | {"test": results})

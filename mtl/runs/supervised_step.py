@@ -1,11 +1,8 @@
-"""The multi-task train and evaluation steps, as pure functions of a state pytree.
+"""The supervised (multi-task and fine-tuning) train and evaluation steps, as pure functions
+of a `TrainState`:
 
-The train state is a plain dict, so Orbax saves it as is:
-
-    {"step": int32, "params": {"trunk": ..., "heads": {task: ...}},
-     "model_state": {"trunk": ...},            # batch-norm statistics
-     "opt_state": ..., "weighting": ..., "rng": key,
-     "nonfinite": {"step": -1 or the first step with a non-finite loss, "tasks": bool [T]}}
+    params = {"trunk": ..., "heads": {task: ...}}, model_state = {"trunk": ...},
+    method_state = the weighting's state, nonfinite flags = one per task.
 
 `make_steps` closes over everything static (the model's graph, tasks, optimizer, weighting
 method) and returns `init`, `train_step` and `eval_step`; the caller jits them with shardings.
@@ -23,15 +20,10 @@ import optax
 from mtl.models.functional import PureModule
 from mtl.models.multitask import MultiTaskModel
 from mtl.tasks import Task
+from mtl.train.state import TrainState
 from mtl.weighting.base import TaskObjective, Weighting
 
 PyTree = Any
-
-
-def all_finite(tree: PyTree) -> jax.Array:
-    """True when every element of every leaf of `tree` is finite."""
-    leaves = jax.tree_util.tree_leaves(tree)
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
 
 
 def _is_key(leaf: jax.Array) -> bool:
@@ -98,18 +90,15 @@ def make_steps(
         heads[name], head_params[name], _ = PureModule.split(head)
     tasks = tuple(tasks)
 
-    def init() -> PyTree:
-        params = {"trunk": trunk_params, "heads": head_params}
-        return {
-            "step": jnp.zeros((), jnp.int32),
-            "params": params,
-            "model_state": {"trunk": trunk_state},
-            "opt_state": optimizer.init(params),
-            "weighting": weighting.init(len(tasks)),
-            "rng": jax.random.key(seed),
-            # step (-1: none yet) and tasks of the first non-finite loss or update
-            "nonfinite": {"step": jnp.int32(-1), "tasks": jnp.zeros(len(tasks), bool)},
-        }
+    def init() -> TrainState:
+        return TrainState.create(
+            {"trunk": trunk_params, "heads": head_params},
+            {"trunk": trunk_state},
+            optimizer,
+            seed=seed,
+            losses=[t.name for t in tasks],
+            method_state=weighting.init(len(tasks)),
+        )
 
     def objective(params, model_state, batch, train: bool) -> TaskObjective:
         def representation(shared):
@@ -145,13 +134,13 @@ def make_steps(
             params["trunk"], params["heads"], per_group(None), task_losses, per_group(0)
         )
 
-    def train_step(state: PyTree, batch: PyTree) -> tuple[PyTree, dict[str, jax.Array]]:
-        rng = jax.random.fold_in(state["rng"], state["step"])
-        obj = objective(state["params"], state["model_state"], batch, train=True)
-        update, weighting_state = weighting.update(obj, state["weighting"], rng)
+    def train_step(state: TrainState, batch: PyTree) -> tuple[TrainState, dict[str, jax.Array]]:
+        rng = jax.random.fold_in(state.rng, state.step)
+        obj = objective(state.params, state.model_state, batch, train=True)
+        update, weighting_state = weighting.update(obj, state.method_state, rng)
         grads = {"trunk": update.shared_grads, "heads": update.task_grads}
-        updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
         model_state = {"trunk": update.representation_aux}
         if weighting.after_update is not None:
             # FAMO: the same batch's losses after the step (forward only, statistics discarded).
@@ -159,38 +148,18 @@ def make_steps(
             z, _ = after.representation(after.shared)
             losses_after, _ = after.task_losses(after.task_specific, z)
             weighting_state = weighting.after_update(weighting_state, losses_after)
-
-        metrics = {}
-        for i, t in enumerate(tasks):
-            metrics[f"loss/{t.name}"] = update.losses[i]
-            metrics[f"weight/{t.name}"] = update.weights[i]
-            sums = t.metric_sums(
-                update.task_aux[t.name], batch["labels"][t.label], batch["masks"][t.label]
-            )
-            count = jnp.maximum(sums.pop("count"), 1.0)
-            metrics.update({f"{m}/{t.name}": s / count for m, s in sums.items()})
-        # The first step with a non-finite loss or update is remembered in the state; the loop
-        # checks it before it logs or saves, so a broken state never reaches disk.
-        finite = jnp.logical_and(jnp.all(jnp.isfinite(update.losses)), all_finite(updates))
-        first_bad = state["nonfinite"]["step"] < 0
-        nonfinite = jax.tree_util.tree_map(
-            lambda new, old: jnp.where(first_bad & ~finite, new, old),
-            {"step": state["step"] + 1, "tasks": ~jnp.isfinite(update.losses)},
-            state["nonfinite"],
+        new_state = state.advanced(
+            params,
+            updates,
+            update.losses,
+            opt_state=opt_state,
+            model_state=model_state,
+            method_state=weighting_state,
         )
-        new_state = {
-            "step": state["step"] + 1,
-            "params": params,
-            "model_state": model_state,
-            "opt_state": opt_state,
-            "weighting": weighting_state,
-            "rng": state["rng"],
-            "nonfinite": nonfinite,
-        }
-        return new_state, metrics
+        return new_state, step_metrics(tasks, update, batch)
 
-    def eval_step(state: PyTree, batch: PyTree) -> dict[str, dict[str, jax.Array]]:
-        obj = objective(state["params"], state["model_state"], batch, train=False)
+    def eval_step(state: TrainState, batch: PyTree) -> dict[str, dict[str, jax.Array]]:
+        obj = objective(state.params, state.model_state, batch, train=False)
         z, _ = obj.representation(obj.shared)
         _, outputs = obj.task_losses(obj.task_specific, z)
         return {
@@ -201,3 +170,17 @@ def make_steps(
         }
 
     return Steps(init, train_step, eval_step, objective)
+
+
+def step_metrics(tasks: Sequence[Task], update: Any, batch: PyTree) -> dict[str, jax.Array]:
+    """`loss/<task>`, `weight/<task>` and each task metric's batch mean `<metric>/<task>`."""
+    metrics = {}
+    for i, t in enumerate(tasks):
+        metrics[f"loss/{t.name}"] = update.losses[i]
+        metrics[f"weight/{t.name}"] = update.weights[i]
+        sums = t.metric_sums(
+            update.task_aux[t.name], batch["labels"][t.label], batch["masks"][t.label]
+        )
+        count = jnp.maximum(sums.pop("count"), 1.0)
+        metrics.update({f"{m}/{t.name}": s / count for m, s in sums.items()})
+    return metrics

@@ -5,14 +5,14 @@ named by `config.teacher.workdir`, rebuilt from that run's `config.json` (with i
 factors if it trained some). The two may have any trunks (a conv4 teacher for an MLP student,
 a fine-tuned MiniLM for a smaller BERT) but must share the classification tasks, and text
 students must tokenise as their teacher did. A config with a `finetune` section (text, or any
-pretrained trunk) trains the student with the fine-tuning loop (`mtl.train.finetune`: its
-init checkpoint, strategies and padding trim), others with the multi-task loop.
+pretrained trunk) trains the student with the supervised run's fine-tuning stage (its init
+checkpoint and strategy).
 
 Each train step runs the teacher (evaluation mode, no gradient) on the batch and trains the
 student on `mtl.transfer.distill.distillation_loss` (`config.distill.temperature`,
 `config.distill.alpha`), combined over tasks by the configured weighting. The teacher's
-parameters live in the train state (no optimizer state), so a stopped run resumes with the
-same command. Evaluation reads the student alone.
+variables live in the train state's `extras["teacher"]` (no optimizer state), so a stopped run
+resumes with the same command. Evaluation reads the student alone.
 
     python -m launch.train --config=configs/omniglot_distill.py --workdir=/tmp/student \
         --config.teacher.workdir=/tmp/teacher --config.data.data_dir=../shared/data/omniglot
@@ -28,12 +28,16 @@ import os
 import jax
 import ml_collections
 
+from mtl import checkpoint
 from mtl.data import arrays, text
 from mtl.errors import ConfigError
 from mtl.models.functional import PureModule
+from mtl.runs import supervised
+from mtl.runs.supervised_step import Steps
 from mtl.tasks import tasks_from_config
-from mtl.train import loop, multitask, rebuild
-from mtl.train.multitask_step import Steps, make_steps
+from mtl.train.experiment import Result
+from mtl.train.loop import run
+from mtl.train.state import TrainState
 from mtl.transfer import distill
 
 
@@ -88,10 +92,10 @@ def load_teacher(workdir: str, input_shape, student_tasks, tokenizer_dir: str | 
     if bad:
         raise ConfigError(f"Distillation needs classification tasks; {', '.join(bad)} are not.")
     check_tokenizer(workdir, teacher_config, tokenizer_dir)
-    model = rebuild.model(teacher_config, tasks, input_shape)  # with its LoRA factors, if any
+    model = supervised.model(teacher_config, tasks, input_shape)  # with its LoRA factors
     trunk, _, _ = PureModule.split(model.trunk)
     heads = {name: PureModule.split(head)[0] for name, head in model.heads.items()}
-    state = loop.final_state(workdir)
+    state = checkpoint.final_state(workdir)
     variables = {"params": state["params"], "model_state": state["model_state"]}
 
     def apply(variables, inputs):
@@ -107,22 +111,17 @@ def load_teacher(workdir: str, input_shape, student_tasks, tokenizer_dir: str | 
 
 
 def with_teacher(steps: Steps, apply, variables) -> Steps:
-    """`steps` whose state carries the teacher and whose batches get its outputs."""
+    """`steps` whose state carries the teacher (`extras["teacher"]`) and whose training
+    batches get its outputs."""
 
-    def init():
-        return {**steps.init(), "teacher": variables}
+    def init() -> TrainState:
+        return steps.init().with_extras(teacher=variables)
 
-    def train_step(state, batch):
-        state = dict(state)
-        teacher = state.pop("teacher")
-        outputs = jax.lax.stop_gradient(apply(teacher, batch["inputs"]))
-        new_state, metrics = steps.train_step(state, {**batch, "teacher": outputs})
-        return {**new_state, "teacher": teacher}, metrics
+    def train_step(state: TrainState, batch):
+        outputs = jax.lax.stop_gradient(apply(state.extras["teacher"], batch["inputs"]))
+        return steps.train_step(state, {**batch, "teacher": outputs})
 
-    def eval_step(state, batch):
-        return steps.eval_step({k: v for k, v in state.items() if k != "teacher"}, batch)
-
-    return Steps(init, train_step, eval_step, steps.objective)
+    return Steps(init, train_step, steps.eval_step, steps.objective)
 
 
 def distill_loss_fn(temperature: float, alpha: float):
@@ -139,28 +138,22 @@ def distill_loss_fn(temperature: float, alpha: float):
     return task_loss
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
-    """The student's multi-task run of `config` with the teacher of `config.teacher.workdir`."""
+def train(config: ml_collections.ConfigDict, workdir: str) -> Result:
+    """The student's supervised run of `config` with the teacher of `config.teacher.workdir`."""
     teacher_dir = (config.get("teacher") or {}).get("workdir")
     if not teacher_dir:
         raise ConfigError("trainer=distill needs --config.teacher.workdir=<a finished run>.")
     options = config.get("distill") or default_config()
     temperature, alpha = float(options.temperature), float(options.alpha)
     distill.check_options(temperature, alpha)
-    tasks = tasks_from_config(config.tasks)
+    supervised.require_mixed(config)
     text.default_tokenizer_dir(config.data, teacher_dir)  # a text student reads as its teacher
-    # Loaded once here (the teacher is built for its input shape) and handed to the trainer.
-    data = multitask.load_data(config, tasks)
-    tokenizer_dir = config.data.get("tokenizer_dir")
+    tasks, _, _ = supervised.check(config)
+    # Loaded once here (the teacher is built for its input shape) and handed to the run.
+    data = supervised.load_data(config, tasks)
     apply, variables = load_teacher(
-        teacher_dir, arrays.input_shape(data.train), tasks, tokenizer_dir
+        teacher_dir, arrays.input_shape(data.train), tasks, config.data.get("tokenizer_dir")
     )
-
-    def steps_fn(model, tasks, optimizer, weighting, seed):
-        steps = make_steps(
-            model, tasks, optimizer, weighting, seed, distill_loss_fn(temperature, alpha)
-        )
-        return with_teacher(steps, apply, variables)
-
-    trainer = rebuild.loop_module(config)
-    return trainer.train_and_evaluate(config, workdir, steps_fn=steps_fn, data=data)
+    parts = supervised.parts(config, data=data)
+    steps = with_teacher(parts.steps(distill_loss_fn(temperature, alpha)), apply, variables)
+    return run(supervised.experiment(parts, steps), workdir)

@@ -1,0 +1,136 @@
+"""Evaluators of supervised runs: per-task test metrics (`results.json`) and the fine-tuning
+report (`finetune.json`). Each writes its own records; the loop only calls them.
+
+The config may set an evaluator's schedule (big_vision's `evals`): `config.evals.test.every`
+evaluates the test set every that many steps as well as at the end (0: at the end only).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import ml_collections
+from absl import logging
+from etils import epath
+from jax.sharding import NamedSharding
+
+from mtl import parallel
+from mtl.data import arrays, batches
+from mtl.registry import Registry
+from mtl.train.experiment import EvalContext, Evaluator
+from mtl.train.state import TrainState
+
+EvalStep = Callable[[TrainState, Any], Mapping[str, Mapping[str, Any]]]
+EVALUATORS: Registry = Registry("evaluator")
+
+
+def schedule(config: ml_collections.ConfigDict, name: str) -> int:
+    """`config.evals.<name>.every` (0 when not set: at the end only)."""
+    return int(((config.get("evals") or {}).get(name) or {}).get("every", 0))
+
+
+def evaluate(
+    eval_step: EvalStep,
+    state: TrainState,
+    data: arrays.ArrayDataset,
+    batch_size: int,
+    data_sharding: NamedSharding,
+    prepare: batches.Prepare | None = None,
+) -> dict[str, dict[str, float]]:
+    """Per-task metric means over a whole data set; `prepare` maps each host batch first."""
+    totals: dict[str, dict[str, float]] = {}
+    rows = parallel.process_rows(batch_size, data_sharding)
+    for batch in arrays.eval_batches(data, batch_size):
+        batch = prepare(batch) if prepare is not None else batch
+        local = jax.tree_util.tree_map(lambda a: a[rows], batch)
+        global_batch = parallel.to_global(local, data_sharding, batch_size)
+        for task, values in jax.device_get(eval_step(state, global_batch)).items():
+            acc = totals.setdefault(task, {})
+            for k, v in values.items():
+                acc[k] = acc.get(k, 0.0) + float(v)
+    return {
+        task: {k: v / max(acc["count"], 1.0) for k, v in acc.items() if k != "count"}
+        | {"count": acc["count"]}
+        for task, acc in totals.items()
+    }
+
+
+def report(results: Mapping[str, Mapping[str, float]], context: EvalContext) -> None:
+    """Logs a per-task table of test metrics and writes them to metrics and `results.json`."""
+    lines = ["Test metrics:"]
+    for task, metrics in results.items():
+        shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k != "count")
+        lines.append(f"  {task:<24s} {shown} (n={int(metrics['count'])})")
+    logging.info("\n".join(lines))
+    scalars = {
+        f"test/{m}/{task}": v
+        for task, metrics in results.items()
+        for m, v in metrics.items()
+        if m != "count"
+    }
+    context.writer.write(context.step, scalars)
+    if jax.process_index() == 0:
+        path = epath.Path(context.workdir) / "results.json"  # workdir may be a bucket
+        path.write_text(json.dumps({"step": context.step, "test": results}, indent=2))
+
+
+@EVALUATORS.register("dataset")
+def dataset_metrics(
+    name: str,
+    eval_step: EvalStep,
+    data: arrays.ArrayDataset,
+    batch_size: int,
+    prepare: batches.Prepare | None = None,
+    every: int = 0,
+    on_final: Callable[[dict, EvalContext], None] | None = None,
+) -> Evaluator:
+    """Per-task metrics of `eval_step` over `data` (sorted by length first, so trimmed text
+    batches are short); `on_final(results, context)` reports them at the end."""
+    data = batches.sorted_by_length(data)
+    jitted: dict[str, Any] = {}
+
+    def fn(state: TrainState, context: EvalContext) -> dict[str, Any]:
+        if "step" not in jitted:
+            jitted["step"] = jax.jit(
+                eval_step, in_shardings=(context.state_sharding, context.data_sharding)
+            )
+        results = evaluate(jitted["step"], state, data, batch_size, context.data_sharding, prepare)
+        if not context.final:  # during training: means on the progress line and in metrics
+            return {f"{m}/{t}": v for t, ms in results.items() for m, v in ms.items()
+                    if m != "count"}  # fmt: skip
+        if on_final is not None:
+            on_final(results, context)
+        return results
+
+    return Evaluator(name, fn, every=every)
+
+
+@EVALUATORS.register("test")
+def test_metrics(
+    eval_step: EvalStep,
+    data: arrays.ArrayDataset,
+    batch_size: int,
+    prepare: batches.Prepare | None = None,
+    every: int = 0,
+) -> Evaluator:
+    """`test`: per-task test metrics, reported and written to `results.json` at the end."""
+    return dataset_metrics("test", eval_step, data, batch_size, prepare, every, report)
+
+
+@EVALUATORS.register("finetune_report")
+def finetune_report(info: Callable[[], dict[str, Any]]) -> Evaluator:
+    """`finetune.json`: the strategy's parameter counts and what was restored (`info()`), the
+    steps and seconds trained by this process run."""
+
+    def fn(state: TrainState, context: EvalContext) -> dict[str, Any]:
+        values = info() | {"steps_trained": context.step - context.first_step}
+        values |= {"train_seconds": context.train_seconds, "total_seconds": context.elapsed()}
+        if jax.process_index() == 0:
+            path = epath.Path(context.workdir) / "finetune.json"
+            path.write_text(json.dumps(values, indent=2))
+        return values
+
+    return Evaluator("finetune_report", fn)

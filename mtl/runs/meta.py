@@ -1,0 +1,285 @@
+"""Meta-learning: `build(config) -> Experiment`, and `train`, which adds the joint baseline.
+
+Order of work, so that bad input fails fast: every config field is checked, then the episode
+family is loaded and asked whether its splits can supply the requested episodes, and only then
+is anything built or compiled.
+
+The meta-batch is split over the `data` axis of the mesh with `shard_map`: each device adapts
+to its share of the episodes and the meta-gradients are averaged with `pmean`. Episodes of
+step s depend only on (seed, s). The `val` evaluator scores meta-val episodes every
+`eval.val_every` steps; at the end the `meta_test` evaluator scores `eval.episodes` meta-test
+episodes for every (ways, shots) in `eval` after each inner step. `train` then trains the
+joint baseline (a run of its own in `<workdir>/joint`, `mtl.runs.joint_baseline`) when
+`baseline.joint` is set, and writes results.json, metrics and adaptation.png.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import optax
+from jax.sharding import PartitionSpec as P
+
+from mtl import optim, parallel
+from mtl.errors import ConfigError
+from mtl.meta import evaluate, families, methods
+from mtl.meta import model as mm
+from mtl.models import TRUNKS
+from mtl.runs import joint_baseline, meta_eval
+from mtl.train.experiment import EvalContext, Evaluator, Experiment, Result
+from mtl.train.loop import run
+from mtl.train.state import TrainState
+
+# Config fields that define what the checkpoints in a workdir hold.
+GUARDED = ("model", "meta", "optimizer")
+PyTree = Any
+
+
+def validate(config: ml_collections.ConfigDict) -> str:
+    """Checks every name and option in the config (no data, no compilation); returns the kind."""
+    families.check_config(config.data)
+    kind = families.kind(config.data)
+    trunk = config.model.trunk
+    TRUNKS.get(trunk, field="model.trunk")
+    TRUNKS.options_from(trunk, config.model.get(trunk), field=f"model.{trunk}")
+    methods.check_method(config.meta, kind, config.model.get("head_hidden", ()))
+    optim.make_optimizer(config.optimizer, config.num_steps)
+    for field in ("num_steps", "log_every"):
+        if int(config[field]) < 1:
+            raise ConfigError(f"config.{field} must be >= 1, got {config[field]}.")
+    for field in ("episodes", "batch"):
+        if int(config.eval[field]) < 1:
+            raise ConfigError(f"config.eval.{field} must be >= 1, got {config.eval[field]}.")
+    if kind == "regression" and config.meta.ways != 1:
+        raise ConfigError(
+            f"Regression tasks have no classes: set meta.ways=1 (got {config.meta.ways})."
+        )
+    joint_baseline.check(config, kind)
+    return kind
+
+
+def check_family(config, family, kind: str) -> list[meta_eval.Setting]:
+    """Asks the family whether each split can supply the configured episodes."""
+    m = config.meta
+    family.check("train", int(m.ways), int(m.shots), int(m.queries))
+    family.check("val", int(m.ways), int(m.shots), int(m.queries))
+    settings = meta_eval.settings(config, kind)
+    for s in settings:
+        family.check("test", s.ways, s.shots, s.queries)
+        if kind == "classification" and s.ways != m.ways and not _head_per_episode(m):
+            raise ConfigError(
+                f"eval.ways includes {s.ways}, but the head is meta-learned for meta.ways={m.ways}"
+                f" classes. Evaluate with {m.ways} ways, or train a head that is built per "
+                "episode: --config.meta.head_init=zero or proto (or use ProtoNets)."
+            )
+    return settings
+
+
+def _head_per_episode(meta_config) -> bool:
+    """Whether the learner builds its head per episode (so any number of ways works)."""
+    return meta_config.method == "protonets" or meta_config.get("head_init") != "learned"
+
+
+@dataclasses.dataclass(frozen=True)
+class EpisodeBatches:
+    """A `BatchSource` of meta-batches: `batch_size` episodes of split `split` per step."""
+
+    family: Any
+    split: str
+    seed: int
+    batch_size: int
+    ways: int
+    shots: int
+    queries: int
+
+    def __call__(self, step: int, rows: slice) -> PyTree:
+        episodes = self.family.sample(
+            self.split, self.seed, step, batch=self.batch_size, ways=self.ways,
+            shots=self.shots, queries=self.queries,
+        )  # fmt: skip
+        return jax.tree_util.tree_map(lambda a: a[rows], episodes)
+
+
+def make_train_step(learner, optimizer, mesh, ways: int, metric: str):
+    """`(state, batch) -> (state, metrics)`, the meta-batch split over the `data` axis."""
+
+    def local(meta, model_state, batch, step):
+        # Each device differentiates its own copy of the (replicated) meta-parameters, so its
+        # gradient is that of its share of the episodes; pmean makes the global mean.
+        # (Differentiating the replicated value itself would make JAX psum the gradients.)
+        meta, model_state = jax.lax.pcast((meta, model_state), "data", to="varying")
+        grads, aux = learner.meta_grads(meta, model_state, batch, ways=ways, step=step)
+        return jax.lax.pmean((grads, aux), "data")
+
+    sharded = jax.shard_map(
+        local, mesh=mesh, in_specs=(P(), P(), P("data"), P()), out_specs=(P(), P())
+    )
+
+    def train_step(state: TrainState, batch: PyTree) -> tuple[TrainState, dict]:
+        grads, aux = sharded(state.params, state.model_state, batch, state.step)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        meta = optax.apply_updates(state.params, updates)
+        new_state = state.advanced(
+            meta, updates, aux["metrics"]["loss"], opt_state=opt_state, model_state=aux["state"]
+        )
+        named = {"loss": "query_loss", "metric": f"query_{metric}"}
+        return new_state, {named.get(k, k): v for k, v in aux["metrics"].items()}
+
+    return train_step
+
+
+@dataclasses.dataclass(frozen=True)
+class Built:
+    """The pieces of a meta-learning run that its evaluators and `load_learner` share."""
+
+    kind: str
+    model: mm.MetaModel
+    params: PyTree
+    model_state: PyTree
+    learner: Any
+    optimizer: optax.GradientTransformation
+
+    def init(self, seed: int) -> TrainState:
+        meta, mstate = self.learner.init(self.params, self.model_state)
+        return TrainState.create(meta, mstate, self.optimizer, seed=seed, losses=("meta-loss",))
+
+
+def build_learner(config: ml_collections.ConfigDict, kind: str, input_shape) -> Built:
+    """The model, the learner and the optimizer of a meta-learning config (no data read)."""
+    m = config.meta
+    model, params, model_state = mm.build(
+        config.model, kind, methods.num_outputs(m, kind), input_shape, config.seed
+    )
+    learner = methods.build(m, model, params, model_state)
+    optimizer = optim.make_optimizer(config.optimizer, config.num_steps)
+    return Built(kind, model, params, model_state, learner, optimizer)
+
+
+@dataclasses.dataclass(frozen=True)
+class Pieces:
+    """A checked meta-learning config's family, settings, mesh and learner."""
+
+    config: ml_collections.ConfigDict
+    family: Any
+    settings: list[meta_eval.Setting]
+    mesh: Any
+    built: Built
+
+
+def pieces(config: ml_collections.ConfigDict) -> Pieces:
+    """Checks `config`, loads the episode family and builds the learner."""
+    kind = validate(config)
+    family = families.load(config.data)
+    settings = check_family(config, family, kind)
+    mesh = parallel.make_mesh(config.get("mesh"))
+    parallel.check_batch_size(config.meta.meta_batch, mesh, field="meta.meta_batch")
+    parallel.check_batch_size(config.eval.batch, mesh, field="eval.batch")
+    return Pieces(config, family, settings, mesh, build_learner(config, kind, family.input_shape))
+
+
+def experiment(p: Pieces) -> Experiment:
+    """The meta-learning Experiment, with its `val` and `meta_test` evaluators."""
+    config, built, m = p.config, p.built, p.config.meta
+    source = EpisodeBatches(
+        p.family, "train", config.seed, int(m.meta_batch), int(m.ways), int(m.shots),
+        int(m.queries),
+    )  # fmt: skip
+    metric = meta_eval.metric_name(built.kind)
+    step = make_train_step(built.learner, built.optimizer, p.mesh, int(m.ways), metric)
+    return Experiment(
+        config=config,
+        init=lambda: built.init(config.seed),
+        train_step=step,
+        batches=source,
+        mesh=p.mesh,
+        guarded=GUARDED,
+        loss_names=("meta-loss",),
+        loss_noun="the",
+        progress={"query": "query_loss", metric: f"query_{metric}"},
+        evaluators=(
+            val_evaluator(config, built, p.family, p.mesh),
+            test_evaluator(config, built, p.family, p.mesh, p.settings),
+        ),
+        nonfinite_hint=(
+            "Try a lower meta.inner_lr or optimizer.learning_rate, or gradient clipping "
+            "(--config.optimizer.grad_clip_norm)."
+        ),
+    )
+
+
+def build(config: ml_collections.ConfigDict) -> Experiment:
+    return experiment(pieces(config))
+
+
+def val_evaluator(config, built: Built, family, mesh) -> Evaluator:
+    """`val/<metric>`: the final-step query metric on `eval.val_episodes` meta-val episodes,
+    every `eval.val_every` steps (0: never)."""
+    m, metric = config.meta, meta_eval.metric_name(built.kind)
+    setting = meta_eval.Setting(int(m.ways), int(m.shots), int(m.queries))
+    curve_steps: list = []
+
+    def fn(state: TrainState, context: EvalContext) -> dict[str, float]:
+        if not curve_steps:
+            curve_steps.append(
+                meta_eval.make_curve_step(built.learner, mesh, int(m.ways), int(m.inner_steps))
+            )
+        score = meta_eval.make_scorer(family, config.eval, context.data_sharding)
+        val = score(
+            curve_steps[0], state.params, state.model_state, "val", setting,
+            config.eval.val_episodes,
+        )  # fmt: skip
+        return {metric: float(val[:, -1].mean())}
+
+    every = int(config.eval.get("val_every", 0) or 0)
+    return Evaluator("val", fn, every=every, final=False)
+
+
+def test_evaluator(config, built: Built, family, mesh, settings) -> Evaluator:
+    """`meta_test`: per-episode curves of every setting on meta-test episodes, summarized."""
+
+    def fn(state: TrainState, context: EvalContext) -> dict[str, Any]:
+        score = meta_eval.make_scorer(family, config.eval, context.data_sharding)
+        out = {}
+        for s in settings:
+            curve_step = meta_eval.make_curve_step(
+                built.learner, mesh, s.ways, int(config.eval.inner_steps)
+            )
+            per_episode = score(
+                curve_step, state.params, state.model_state, "test", s, config.eval.episodes
+            )
+            out[s.name(built.kind)] = evaluate.summarize(per_episode)
+        return out
+
+    return Evaluator("meta_test", fn)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> Result:
+    """Meta-trains (or resumes) the learner, then the joint baseline if configured; writes the
+    report. `Result.metrics["meta_test"]` holds what results.json holds."""
+    p = pieces(config)
+    result = run(experiment(p), workdir)
+    if result.stopped:
+        return result
+    step, m = int(result.state.step), config.meta
+    results = {"step": step, "method": m.method, "metric": meta_eval.metric_name(p.built.kind)}
+    results["test"] = result.metrics["meta_test"]
+    curves = {f"{m.method} {name}": c for name, c in results["test"].items()}
+    if joint_baseline.enabled(config):
+        baseline = joint_baseline.train_and_score(p, os.path.join(workdir, "joint"))
+        if baseline is None:  # stopped: the same command resumes the baseline's run
+            return dataclasses.replace(result, stopped=True)
+        results["baseline"] = baseline
+        curves |= {f"pretrained {name}": summary for name, summary in baseline.items()}
+    meta_eval.report(results, curves, workdir, step)
+    return dataclasses.replace(result, metrics={"meta_test": results})
+
+
+def load_state(workdir: str) -> dict:
+    """The newest checkpoint of a meta-learning workdir as host arrays (no template needed)."""
+    from mtl import checkpoint
+
+    return checkpoint.read_on_host(os.path.join(workdir, "checkpoints"))
