@@ -8,7 +8,7 @@ Both sides start from the same all-MiniLM-L6-v2 weights (ours converted with `mt
 and run one full fine-tuning step: embeddings + 6 layers with dropout, mean pooling over real
 tokens, a linear head, softmax cross-entropy, backward, AdamW on every parameter (with global
 norm clipping at 1.0 on both sides). Ours is the step the fine-tuning loop runs
-(`mtl.train.multitask_step.make_steps` with the `full` strategy's optimizer), jitted with the
+(`mtl.runs.supervised_step.make_steps` with the `full` strategy's optimizer), jitted with the
 state donated; PyTorch runs eagerly with all CPU threads. The batch has padding (lengths drawn
 in [seq_len / 2, seq_len]) and is identical for both; tokens per second count padded positions.
 
@@ -33,6 +33,10 @@ _STEPS = flags.DEFINE_integer("steps", 3, "Steps per side per round.")
 _DROPOUT = flags.DEFINE_float("dropout", 0.1, "Hidden and attention dropout on both sides.")
 _THREADS = flags.DEFINE_integer("torch_threads", 0, "PyTorch threads (0: all CPU cores).")
 _PROFILE = flags.DEFINE_bool("profile", False, "Then print where both steps spend their time.")
+# Tests import several of these scripts into one process, and their flags share names
+# (root, steps...): let a later definition replace an earlier one instead of failing.
+for _holder in (_BATCH, _SEQ, _ROUNDS, _STEPS, _DROPOUT, _THREADS, _PROFILE):
+    flags.FLAGS[_holder.name].allow_override = True
 
 NUM_CLASSES = 2
 LR = 5e-5
@@ -61,8 +65,8 @@ def ours(hf_dir: str, inputs, labels, dropout: float):
     from mtl.convert import load_bert
     from mtl.models.heads import HEADS
     from mtl.models.multitask import MultiTaskModel
+    from mtl.runs.supervised_step import make_steps
     from mtl.tasks import tasks_from_config
-    from mtl.train.multitask_step import make_steps
     from mtl.transfer import strategies
     from mtl.weighting import get_weighting
 

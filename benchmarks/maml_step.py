@@ -5,7 +5,7 @@ convolutions, mean-pooled), 28x28 inputs, 5-way 1-shot with 15 queries per class
 32, one inner SGD step, second order, Adam on the meta-parameters. Every implementation runs
 the whole meta-step: inner step per task, query loss, meta-gradient, Adam update.
 
-- ours: the engine's jitted train step (`mtl.train.meta.make_train_step`, the meta-batch under
+- ours: the engine's jitted train step (`mtl.runs.meta.make_train_step`, the meta-batch under
   `shard_map` on a one-device mesh), `jax.vmap` over tasks, with conv4's convolutions in the
   `--conv` form (`matmul`: shifted slices and one matmul; `xla`: `lax.conv_general_dilated`).
 - torch.func: a Python loop over tasks; the inner gradient by `torch.func.grad` of a
@@ -36,7 +36,8 @@ from mtl.meta import maml
 from mtl.meta import model as mm
 from mtl.models import default_config
 from mtl.models.conv_ops import same_pads
-from mtl.train.meta import make_train_step
+from mtl.runs.meta import make_train_step
+from mtl.train import TrainState
 
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "Timing rounds (medians are reported).")
 _STEPS = flags.DEFINE_integer("steps", 3, "Meta-steps per round and implementation.")
@@ -81,15 +82,9 @@ def ours(conv: str, episodes: dict):
     """`(compile_seconds, step, hlo_text)`: our jitted meta-step on one device, compiled."""
     learner, meta, mstate = our_learner(conv)
     tx = optax.adam(META_LR)
-    train_state = {
-        "step": np.int32(0),
-        "meta": meta,
-        "model_state": mstate,
-        "opt_state": tx.init(meta),
-        "nonfinite": np.int32(-1),
-    }
+    train_state = TrainState.create(meta, mstate, tx, seed=0, losses=("meta-loss",))
     mesh = parallel.make_mesh({"data": 1})
-    step = jax.jit(make_train_step(learner, tx, mesh, WAYS), donate_argnums=0)
+    step = jax.jit(make_train_step(learner, tx, mesh, WAYS, "accuracy"), donate_argnums=0)
     batch = jax.device_put(episodes)
     start = time.perf_counter()
     compiled = step.lower(train_state, batch).compile()

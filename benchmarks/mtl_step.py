@@ -4,7 +4,7 @@ Six tasks on a conv4 trunk (Omniglot-sized 28x28 images, every example labelled 
 as Omniglot-alphabets), Adam. `--layout` picks the batch layout: `mixed` (the rows of all tasks
 in one batch-norm batch) or `per_task` (one group of 16 rows per task, batch norm per group:
 LibMTL's `multi_input`, where the peer runs the trunk once per task and each task's backward
-pass only reaches its own rows). Ours: the engine's jitted `train_step` (mtl/train/multitask_step)
+pass only reaches its own rows). Ours: the engine's jitted `train_step` (mtl/runs/supervised_step)
 with each method from `mtl.weighting`; per-task gradients come from one `vmap` over a `vjp`.
 The peer: the same model in PyTorch, with the per-task gradients taken as LibMTL does (one
 `backward(retain_graph=True)` per task, shared gradients read and zeroed after each), the
@@ -33,8 +33,8 @@ from absl import flags
 from benchmarks import xla_ops
 from mtl import allocator, entry
 from mtl.models import build_model, default_config
+from mtl.runs.supervised_step import make_steps
 from mtl.tasks import tasks_from_config
-from mtl.train.multitask_step import make_steps
 from mtl.weighting import get_weighting
 
 _ROUNDS = flags.DEFINE_integer("rounds", 5, "Timing rounds (medians are reported).")
@@ -47,6 +47,10 @@ _LAYOUT = flags.DEFINE_enum(
     "layout", "mixed", ["mixed", "per_task"], "Batch layout (both sides): see the docstring."
 )
 _PROFILE = flags.DEFINE_list("profile", [], "Methods whose step to profile after timing.")
+# Tests import several of these scripts into one process, and their flags share names
+# (root, steps...): let a later definition replace an earlier one instead of failing.
+for _holder in (_ROUNDS, _STEPS, _BATCH, _FILTERS, _TASKS, _CONV, _LAYOUT, _PROFILE):
+    flags.FLAGS[_holder.name].allow_override = True
 _CLASSES = 20
 
 # (label, our weighting name, its options, the peer's method)

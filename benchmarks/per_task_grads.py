@@ -28,8 +28,8 @@ from benchmarks.mtl_step import _CONV, _LAYOUT, _ROUNDS, _TASKS, make_batch
 from mtl import allocator, entry
 from mtl.models import build_model, default_config
 from mtl.models.functional import PureModule
+from mtl.runs.supervised_step import make_steps
 from mtl.tasks import tasks_from_config
-from mtl.train.multitask_step import make_steps
 from mtl.weighting import base, get_weighting
 
 _CHUNKS = flags.DEFINE_list("chunks", ["2", "3"], "Chunk sizes of the chunked vmap forms.")
@@ -39,7 +39,7 @@ def per_task_layout(model, tasks, num: int) -> dict:
     """The engine's summed and per-task gradients on the per-task-batch objective."""
     equal = get_weighting("equal")
     steps = make_steps(model, tasks, optax.identity(), equal, 0, per_task_batch=True)
-    model_state = steps.init()["model_state"]
+    model_state = steps.init().model_state
     batch = jax.device_put(make_batch(num, 96, grouped=True))
 
     def objective(s, hp):

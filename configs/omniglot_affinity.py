@@ -7,7 +7,7 @@ Writes `<workdir>/affinity/affinity.png` (heatmap), `affinity.json` (matrix, sug
 """
 
 from configs import omniglot_mtl
-from mtl.train.affinity import default_config as affinity_config
+from mtl.runs.task_affinity import default_config as affinity_config
 
 
 def get_config(alphabets: str = ""):

@@ -11,7 +11,7 @@
 import ml_collections
 
 from configs import omniglot_mtl
-from mtl.train.distill import default_config as distill_config
+from mtl.runs.distillation import default_config as distill_config
 
 
 def get_config(alphabets: str = ""):

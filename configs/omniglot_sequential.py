@@ -8,7 +8,7 @@ phase). An MLP trunk: EWC protects parameters, not batch-norm statistics.
 """
 
 from configs import omniglot_mtl
-from mtl.train.sequential import default_config as sequential_config
+from mtl.runs.sequential import default_config as sequential_config
 
 DEFAULT = "Japanese_(katakana),Sanskrit"
 

@@ -12,7 +12,7 @@ batches, no adversarial gradient into the trunk). See `mtl/train/dann.py`.
 from configs import senteval_finetune
 from mtl.data.senteval_tfds import TASKS
 from mtl.errors import ConfigError
-from mtl.train.dann import default_config as dann_config
+from mtl.runs.domain_adversarial import default_config as dann_config
 
 DEFAULT = "mr,sst2"
 

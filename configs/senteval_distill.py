@@ -14,7 +14,7 @@ one the teacher's workdir keeps).
 import ml_collections
 
 from configs import senteval_finetune
-from mtl.train.distill import default_config as distill_config
+from mtl.runs.distillation import default_config as distill_config
 
 
 def get_config(tasks: str = "sst2") -> ml_collections.ConfigDict:

@@ -14,7 +14,7 @@ The Fisher of a BERT trunk takes one 22M-parameter gradient per example: 8 at a 
 """
 
 from configs import senteval_finetune
-from mtl.train.sequential import default_config as sequential_config
+from mtl.runs.sequential import default_config as sequential_config
 
 DEFAULT = "trec_coarse,sst2"
 

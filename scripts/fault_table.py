@@ -1,7 +1,7 @@
 """Runs every fault a long run can meet, on real `launch.train` processes, and tabulates what
-the user saw and what survived. The table in README.md's "Faults" section is its output.
+the user saw and what survived. The table in docs/faults.md is its output.
 
-    .venv/bin/python -m scripts.fault_table --data_dir=../shared/data/omniglot --readme=README.md
+    .venv/bin/python -m scripts.fault_table --data_dir=../shared/data/omniglot --readme=docs/faults.md
 
 Each fault runs in its own workdir under `--root` (a fresh temporary folder by default) on a
 small Omniglot model (conv4, 8 filters); the wrong-shaped weight goes through `launch.convert`
@@ -11,7 +11,7 @@ Orbax folders on disk, the corrupt image sits in a copy of the real zip.
 `--only=NAME,...` reruns some faults; the other rows come from the last run in the same
 `--root`, or else stay as they are in `--readme`'s table:
 
-    .venv/bin/python -m scripts.fault_table --only=wrong_shape_weight --readme=README.md
+    .venv/bin/python -m scripts.fault_table --only=wrong_shape_weight --readme=docs/faults.md
 """
 
 from __future__ import annotations

@@ -17,14 +17,17 @@ def run_once(workdir: str, train: Callable, config, run_missing: bool = True) ->
     """`{"test": {task: metrics}, "info": finetune.json}` of the run in `workdir`.
 
     A run that has not finished is trained first with `train(config, workdir)` (a fine-tuning
-    trainer, which writes both files), unless `run_missing` is False: then None.
+    trainer returning an `mtl.train.Result`, which writes both files), unless `run_missing` is
+    False: then None. A run stopped by SIGTERM exits the process (status 0): the same command
+    resumes it.
     """
     results, info = os.path.join(workdir, "results.json"), os.path.join(workdir, "finetune.json")
     if not (os.path.isfile(results) and os.path.isfile(info)):
         if not run_missing:
             return None
         logging.info("Run %s.", workdir)
-        train(config, workdir)
+        if train(config, workdir).stopped:
+            raise SystemExit(0)
     with open(results) as f, open(info) as g:
         return {"test": json.load(f)["test"], "info": json.load(g)}
 

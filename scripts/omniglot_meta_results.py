@@ -21,14 +21,18 @@ from absl import flags, logging
 
 from configs import omniglot_maml, omniglot_protonets
 from mtl import entry
-from mtl.train import meta as meta_train
+from mtl.runs import meta as meta_run
 
 _ROOT = flags.DEFINE_string("root", "/tmp/omniglot_meta", "Where the runs live.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Omniglot zips ($MTL_OMNIGLOT_DIR if unset).")
 _TFDS_DIR = flags.DEFINE_string("tfds_dir", None, "TFDS data dir (TFDS default if unset).")
 _RUNS = flags.DEFINE_list("runs", ["protonets", "maml_1shot"], "Which runs of RUNS.")
 _NORUN = flags.DEFINE_bool("norun", False, "Only render the table from finished runs.")
-_README = flags.DEFINE_string("readme", "README.md", "README whose marked block is replaced.")
+_README = flags.DEFINE_string("readme", "docs/results.md", "README whose marked block is replaced.")
+# Tests import several of these scripts into one process, and their flags share names
+# (root, steps...): let a later definition replace an earlier one instead of failing.
+for _holder in (_ROOT, _DATA_DIR, _TFDS_DIR, _RUNS, _NORUN, _README):
+    flags.FLAGS[_holder.name].allow_override = True
 
 BEGIN, END = "<!-- omniglot-meta-results:begin -->", "<!-- omniglot-meta-results:end -->"
 
@@ -94,9 +98,10 @@ def run(name: str) -> dict | None:
             f.write(str(time.time()))
     with open(started) as f:
         start = float(f.read())
-    results = meta_train.train_and_evaluate(make_config(name), workdir)
-    if not results:  # stopped (SIGTERM): the same command resumes it
+    result = meta_run.train(make_config(name), workdir)
+    if result.stopped:  # SIGTERM: the same command resumes it
         return None
+    results = result.metrics["meta_test"]
     results["wall_seconds"] = time.time() - start
     with open(summary, "w") as f:
         json.dump(results, f, indent=2)

@@ -20,7 +20,7 @@ from absl import flags
 from configs import omniglot_mtl, omniglot_rotation
 from mtl import entry
 from mtl.compare import delta_m
-from mtl.train import multitask
+from mtl.runs import supervised
 
 _ROOT = flags.DEFINE_string("root", "/tmp/omniglot_mtl_results", "Where the runs live.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Omniglot zips ($MTL_OMNIGLOT_DIR if unset).")
@@ -35,6 +35,10 @@ _ROTATION = flags.DEFINE_bool(
 )
 _FILTERS = flags.DEFINE_integer("filters", None, "conv4 filters (the config's when unset).")
 _BATCH = flags.DEFINE_integer("batch_size", None, "Global batch (the config's when unset).")
+# Tests import several of these scripts into one process, and their flags share names
+# (root, steps...): let a later definition replace an earlier one instead of failing.
+for _holder in (_ROOT, _DATA_DIR, _TFDS_DIR, _STEPS, _METHODS, _OUT, _ROTATION, _FILTERS, _BATCH):
+    flags.FLAGS[_holder.name].allow_override = True
 
 
 def run(name: str, alphabets: str = "", weighting: str = "equal", rotation: bool = False) -> dict:
@@ -54,7 +58,8 @@ def run(name: str, alphabets: str = "", weighting: str = "equal", rotation: bool
     if _BATCH.value:
         config.batch_size = _BATCH.value
     start = time.time()
-    multitask.train_and_evaluate(config, workdir)
+    if supervised.train(config, workdir).stopped:  # SIGTERM: the same command resumes it
+        raise SystemExit(0)
     with open(results_path) as f:
         results = json.load(f)
     results["wall_seconds"] = time.time() - start

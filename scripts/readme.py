@@ -1,4 +1,4 @@
-"""Writing a script's table into README.md between its begin/end markers."""
+"""Writing a script's table into a docs/*.md page between its begin/end markers."""
 
 from __future__ import annotations
 

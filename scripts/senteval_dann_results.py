@@ -2,7 +2,7 @@
 target task, with and without domain-adversarial training.
 
     python -m scripts.senteval_dann_results --root=/tmp/senteval_dann \
-        --data_dir=../shared/data/senteval --readme=README.md
+        --data_dir=../shared/data/senteval --readme=docs/results.md
 
 For each `source,target` pair of `--pairs`, each seed and each gradient-reversal scale of
 `--scales` (0 is the source-only baseline: the same model and batches, no adversarial gradient
@@ -34,13 +34,17 @@ _SEEDS = flags.DEFINE_list("seeds", ["0"], "Seeds.")
 _STEPS = flags.DEFINE_integer("steps", 300, "Fine-tuning steps per run.")
 _README = flags.DEFINE_string("readme", None, "README to write the table into (markers).")
 _RUN = flags.DEFINE_bool("run", True, "Run what is missing; with --norun only render.")
+# Tests import several of these scripts into one process, and their flags share names
+# (root, steps...): let a later definition replace an earlier one instead of failing.
+for _holder in (_ROOT, _DATA, _TFDS, _PAIRS, _SCALES, _SEEDS, _STEPS, _README, _RUN):
+    flags.FLAGS[_holder.name].allow_override = True
 
 BEGIN, END = "<!-- senteval-dann:begin -->", "<!-- senteval-dann:end -->"
 
 
 def run(name: str, config) -> dict | None:
     """`dann.json` of run `name`, training it first when missing (and --run)."""
-    from mtl.train import dann
+    from mtl.runs import domain_adversarial
 
     path = os.path.join(_ROOT.value, "runs", name)
     report = os.path.join(path, "dann.json")
@@ -48,7 +52,8 @@ def run(name: str, config) -> dict | None:
         if not _RUN.value:
             return None
         logging.info("Run %s.", path)
-        dann.train_and_evaluate(config, path)
+        if domain_adversarial.train(config, path).stopped:  # SIGTERM: the same command resumes
+            raise SystemExit(0)
     with open(report) as f:
         return json.load(f)
 

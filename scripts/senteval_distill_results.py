@@ -1,7 +1,7 @@
 """Distillation on SentEval: a fine-tuned MiniLM teacher and a small BERT student.
 
     python -m scripts.senteval_distill_results --root=/tmp/senteval_distill \
-        --data_dir=../shared/data/senteval --readme=README.md
+        --data_dir=../shared/data/senteval --readme=docs/results.md
 
 Runs, each skipped when its results are already under --root (so the command resumes):
 
@@ -42,6 +42,23 @@ _ALPHA = flags.DEFINE_float("alpha", 0.9, "Weight of the teacher's soft targets.
 _TEMPERATURE = flags.DEFINE_float("temperature", 4.0, "Softmax temperature of distillation.")
 _README = flags.DEFINE_string("readme", None, "README to write the table into (markers).")
 _RUN = flags.DEFINE_bool("run", True, "Run what is missing; with --norun only render.")
+# Tests import several of these scripts into one process, and their flags share names
+# (root, steps...): let a later definition replace an earlier one instead of failing.
+for _holder in (
+    _ROOT,
+    _DATA,
+    _TFDS,
+    _TASK,
+    _SEEDS,
+    _TEACHER_STEPS,
+    _STUDENT_STEPS,
+    _LABELLED,
+    _ALPHA,
+    _TEMPERATURE,
+    _README,
+    _RUN,
+):
+    flags.FLAGS[_holder.name].allow_override = True
 
 BEGIN, END = "<!-- senteval-distill:begin -->", "<!-- senteval-distill:end -->"
 
@@ -93,13 +110,13 @@ def main(argv):
     del argv
     from configs import senteval_distill, senteval_finetune
     from mtl.convert import converted_package
-    from mtl.train import distill, finetune
+    from mtl.runs import distillation, supervised
 
     task = _TASK.value
     teacher_config = with_data(senteval_finetune.get_config(task))
     teacher_config.init.checkpoint = converted_package(os.path.join(_ROOT.value, "minilm"))
     teacher_config.num_steps = _TEACHER_STEPS.value
-    teacher = run(f"teacher_{task}", finetune.train_and_evaluate, teacher_config)
+    teacher = run(f"teacher_{task}", supervised.train, teacher_config)
     if teacher is None:
         raise SystemExit("No teacher run yet: run without --norun first.")
     variants = {"labels only": 0.0, f"distilled (alpha={_ALPHA.value:g})": _ALPHA.value}
@@ -120,7 +137,7 @@ def main(argv):
                 config.checkpoint.every = _STUDENT_STEPS.value
                 size = f"_n{labelled}" if labelled else ""
                 name = f"student_{task}{size}_alpha{alpha:g}_seed{seed}"
-                result = run(name, distill.train_and_evaluate, config)
+                result = run(name, distillation.train, config)
                 if result is not None:
                     students[f"{subset}, {label}"].append(result)
     student = senteval_distill.get_config(task).model.bert

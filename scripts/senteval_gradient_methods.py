@@ -2,7 +2,7 @@
 
     python -m scripts.senteval_gradient_methods --root=/work/wt/bert/runs/senteval_grad \
         --checkpoint=/work/wt/bert/runs/senteval/minilm --data_dir=../shared/data/senteval \
-        --tfds_dir=/work/wt/bert/runs/tfds --readme=README.md
+        --tfds_dir=/work/wt/bert/runs/tfds --readme=docs/results.md
 
 Full fine-tuning of MiniLM once per method and seed does not fit 2 shared CPU cores (one
 420-step multi-task run takes about 10 minutes), so the trunk here is a small MLP over the frozen

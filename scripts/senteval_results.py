@@ -1,7 +1,7 @@
 """SentEval results of the converted all-MiniLM-L6-v2: the README's table and transfer matrix.
 
     python -m scripts.senteval_results --root=/tmp/senteval_results \
-        --data_dir=../shared/data/senteval --readme=README.md
+        --data_dir=../shared/data/senteval --readme=docs/results.md
 
 Runs, each skipped when its results are already under --root (so the command resumes):
 
@@ -56,6 +56,27 @@ _RANK = flags.DEFINE_integer("lora_rank", 8, "LoRA rank.")
 _ALPHA = flags.DEFINE_float("lora_alpha", 16.0, "LoRA alpha (the update is scaled by alpha/rank).")
 _README = flags.DEFINE_string("readme", None, "README to write the results into (markers).")
 _RUN = flags.DEFINE_bool("run", True, "Run what is missing; with --norun only render what exists.")
+# Tests import several of these scripts into one process, and their flags share names
+# (root, steps...): let a later definition replace an earlier one instead of failing.
+for _holder in (
+    _ROOT,
+    _DATA,
+    _TFDS,
+    _TASKS,
+    _PAIR_TASKS,
+    _PARTS,
+    _STEPS,
+    _BATCH,
+    _MAX_TRAIN,
+    _MAX_LENGTH,
+    _LR_FULL,
+    _LR_LORA,
+    _RANK,
+    _ALPHA,
+    _README,
+    _RUN,
+):
+    flags.FLAGS[_holder.name].allow_override = True
 
 BEGIN, END = "<!-- senteval-results:begin -->", "<!-- senteval-results:end -->"
 
@@ -86,11 +107,11 @@ def config_for(tasks: list[str], strategy: str, checkpoint: str):
 
 def finetune_run(name: str, tasks: list[str], strategy: str, checkpoint: str) -> dict | None:
     """Results of one fine-tuning run: {"test": {task: {...}}, "info": finetune.json}."""
-    from mtl.train import finetune
+    from mtl.runs import supervised
 
     workdir = os.path.join(_ROOT.value, "runs", name)
     config = config_for(tasks, strategy, checkpoint)
-    result = run_once(workdir, finetune.train_and_evaluate, config, _RUN.value)
+    result = run_once(workdir, supervised.train, config, _RUN.value)
     shutil.rmtree(os.path.join(workdir, "checkpoints"), ignore_errors=True)  # 270 MB each
     return result
 

@@ -1,7 +1,7 @@
 """Forgetting on SentEval: MiniLM fine-tuned on one task, then on another, with and without EWC.
 
     python -m scripts.senteval_sequential_results --root=/tmp/senteval_ewc \
-        --data_dir=../shared/data/senteval --readme=README.md
+        --data_dir=../shared/data/senteval --readme=docs/results.md
 
 For each seed and each EWC strength (`--strengths`; 0 is plain sequential fine-tuning) one
 run of `configs/senteval_sequential.py`: all-MiniLM-L6-v2 (converted from the PyPI package)
@@ -37,6 +37,10 @@ _SEEDS = flags.DEFINE_list("seeds", ["0"], "Seeds (each a full set of runs).")
 _STEPS = flags.DEFINE_integer("steps", 300, "Fine-tuning steps per phase.")
 _README = flags.DEFINE_string("readme", None, "README to write the table into (markers).")
 _RUN = flags.DEFINE_bool("run", True, "Run what is missing; with --norun only render.")
+# Tests import several of these scripts into one process, and their flags share names
+# (root, steps...): let a later definition replace an earlier one instead of failing.
+for _holder in (_ROOT, _DATA, _TFDS, _TASKS, _STRENGTHS, _SEEDS, _STEPS, _README, _RUN):
+    flags.FLAGS[_holder.name].allow_override = True
 
 BEGIN, END = "<!-- senteval-ewc:begin -->", "<!-- senteval-ewc:end -->"
 
@@ -49,7 +53,7 @@ def workdir(strength: str, seed: str) -> str:
 
 def run(strength: str, seed: str, config, previous: str | None) -> dict | None:
     """The `results.json` of one run, training it (from a copy of phase 0) when missing."""
-    from mtl.train import sequential
+    from mtl.runs import sequential
 
     path = workdir(strength, seed)
     results = os.path.join(path, "results.json")
@@ -60,7 +64,8 @@ def run(strength: str, seed: str, config, previous: str | None) -> dict | None:
         if previous and os.path.isdir(shared) and not os.path.isdir(path):
             shutil.copytree(shared, os.path.join(path, "phase0"))
         logging.info("Run %s.", path)
-        sequential.train_and_evaluate(config, path)
+        if sequential.train(config, path).stopped:  # SIGTERM: the same command resumes
+            raise SystemExit(0)
     with open(results) as f:
         return json.load(f)
 

@@ -48,6 +48,23 @@ _TARGET = flags.DEFINE_enum(
 _DANN_TRUNK = flags.DEFINE_enum("dann_trunk", "conv4", ["conv4", "mlp"], "DANN's trunk.")
 _OUT = flags.DEFINE_string("out", None, "Also write the markdown tables to this file.")
 _JSON = flags.DEFINE_string("json", None, "Also write the raw numbers to this file.")
+# Tests import several of these scripts into one process, and their flags share names
+# (root, steps...): let a later definition replace an earlier one instead of failing.
+for _holder in (
+    _DATA_DIR,
+    _TFDS_DIR,
+    _STEPS,
+    _BATCH,
+    _TASK_A,
+    _TASK_B,
+    _EWC,
+    _ONLY,
+    _TARGET,
+    _DANN_TRUNK,
+    _OUT,
+    _JSON,
+):
+    flags.FLAGS[_holder.name].allow_override = True
 
 HIDDEN = (256, 256)
 

@@ -11,10 +11,10 @@ import optax
 import pytest
 
 from configs import omniglot_affinity
+from mtl import checkpoint
 from mtl.models import build_model, default_config
-from mtl.train import affinity as affinity_trainer
-from mtl.train import loop
-from mtl.train.multitask_step import make_steps
+from mtl.runs import task_affinity as affinity_trainer
+from mtl.runs.supervised_step import make_steps
 from mtl.transfer import affinity
 from tests.helpers import sum_of_losses, toy_batch, toy_tasks
 from tests.test_weighting import make_objective, make_problem, total_losses
@@ -78,12 +78,12 @@ def test_accumulator_in_the_train_step_averages_the_measured_steps():
     for step in range(4):
         batch = jax.tree.map(jnp.asarray, toy_batch(16, seed=step))
         if step % 2 == 0:
-            objective = steps.objective(state["params"], state["model_state"], batch, True)
+            objective = steps.objective(state.params, state.model_state, batch, True)
             expected += np.asarray(affinity.lookahead_affinity(objective, 0.2))
         state, _ = train_step(state, batch)
-    assert int(state["affinity"]["count"]) == 2
-    np.testing.assert_allclose(state["affinity"]["sum"], expected, rtol=1e-4, atol=1e-6)
-    assert int(state["step"]) == 4
+    assert int(state.extras["affinity"]["count"]) == 2
+    np.testing.assert_allclose(state.extras["affinity"]["sum"], expected, rtol=1e-4, atol=1e-6)
+    assert int(state.step) == 4
 
 
 def test_affinity_run_writes_the_report(tmp_path, omniglot_images, omniglot_dir, omniglot_tfds_dir):
@@ -100,7 +100,7 @@ def test_affinity_run_writes_the_report(tmp_path, omniglot_images, omniglot_dir,
             "data.tfds_dir": omniglot_tfds_dir,
         }
     )
-    results = affinity_trainer.train_and_evaluate(config, str(tmp_path))
+    results = affinity_trainer.train(config, str(tmp_path))["test"]
     assert set(results) == {"Greek", "Korean", "Latin"}
     report = json.loads((tmp_path / "affinity" / "affinity.json").read_text())
     assert report["tasks"] == ["Greek", "Korean", "Latin"]
@@ -116,8 +116,8 @@ def test_distill_run_reads_a_teacher_workdir(
     """A tiny conv4 teacher run, then an MLP student distilled from its workdir."""
     from configs import omniglot_distill, omniglot_mtl
     from mtl.errors import ConfigError
-    from mtl.train import distill as distill_trainer
-    from mtl.train import multitask
+    from mtl.runs import distillation as distill_trainer
+    from mtl.runs import supervised
 
     common = {
         "num_steps": 4,
@@ -129,27 +129,27 @@ def test_distill_run_reads_a_teacher_workdir(
     }
     teacher = omniglot_mtl.get_config("Greek,Latin")
     teacher.update_from_flattened_dict({**common, "model.conv4.filters": 4})
-    multitask.train_and_evaluate(teacher, str(tmp_path / "teacher"))
+    supervised.train(teacher, str(tmp_path / "teacher"))
 
     student = omniglot_distill.get_config("Greek,Latin")
     student.update_from_flattened_dict({**common, "model.mlp.hidden": (8,)})
     with pytest.raises(ConfigError, match="needs --config.teacher.workdir"):
-        distill_trainer.train_and_evaluate(student, str(tmp_path / "student"))
+        distill_trainer.train(student, str(tmp_path / "student"))
     student.teacher.workdir = str(tmp_path / "teacher")
-    results = distill_trainer.train_and_evaluate(student, str(tmp_path / "student"))
+    results = distill_trainer.train(student, str(tmp_path / "student"))["test"]
     assert set(results) == {"Greek", "Latin"}
     assert all(0.0 <= r["accuracy"] <= 1.0 for r in results.values())
     wrong = omniglot_distill.get_config("Greek,Korean")
     wrong.update_from_flattened_dict({**common, "teacher.workdir": str(tmp_path / "teacher")})
     with pytest.raises(ConfigError, match="has no task"):
-        distill_trainer.train_and_evaluate(wrong, str(tmp_path / "wrong"))
+        distill_trainer.train(wrong, str(tmp_path / "wrong"))
 
 
 def test_sequential_run_with_ewc(tmp_path, omniglot_images, omniglot_dir, omniglot_tfds_dir):
     """Two phases; the second starts from the first's trunk and keeps its head for the end."""
     from configs import omniglot_sequential
     from mtl.errors import ConfigError
-    from mtl.train import sequential
+    from mtl.runs import sequential
 
     config = omniglot_sequential.get_config("Greek,Latin")
     config.update_from_flattened_dict(
@@ -164,22 +164,22 @@ def test_sequential_run_with_ewc(tmp_path, omniglot_images, omniglot_dir, omnigl
             "data.tfds_dir": omniglot_tfds_dir,
         }
     )
-    final = sequential.train_and_evaluate(config, str(tmp_path))
+    final = sequential.train(config, str(tmp_path))["test"]
     assert set(final) == {"Greek", "Latin"}
     report = json.loads((tmp_path / "results.json").read_text())
     assert report["phases"] == [["Greek"], ["Latin"]]
     # The second phase started from the first phase's trunk, and the final Latin accuracy is
     # the second phase's own (same trunk, same head).
-    first = loop.final_state(str(tmp_path / "phase0"))["params"]
+    first = checkpoint.final_state(str(tmp_path / "phase0"))["params"]
     assert final["Latin"]["accuracy"] == pytest.approx(
         report["after_phase"][1]["Latin"]["accuracy"]
     )
     assert "Greek" in first["heads"]
-    second = loop.final_state(str(tmp_path / "phase1"))["params"]
+    second = checkpoint.final_state(str(tmp_path / "phase1"))["params"]
     # 3 Adam steps of lr 1e-3 move a parameter by at most ~3e-3: the trunk was carried over.
     jax.tree.map(
         lambda a, b: np.testing.assert_allclose(a, b, atol=5e-3), first["trunk"], second["trunk"]
     )
     config.sequential.phases = ("Greek",)
     with pytest.raises(ConfigError, match="at least two"):
-        sequential.train_and_evaluate(config, str(tmp_path / "bad"))
+        sequential.train(config, str(tmp_path / "bad"))

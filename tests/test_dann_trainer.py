@@ -14,7 +14,8 @@ from configs import senteval_dann
 from mtl.errors import ConfigError
 from mtl.models.functional import PureModule
 from mtl.models.heads import HEADS, DenseHead
-from mtl.train import dann, get_trainer
+from mtl.runs import domain_adversarial as dann
+from mtl.runs import get_trainer
 from tests.conftest import TINY_BERT
 from tests.test_finetune import tiny_data_and_budget
 
@@ -59,9 +60,9 @@ def test_dann_run_on_text_scores_the_source_head_on_the_target(
     config.model.bert.update(TINY_BERT)
     config.init.checkpoint = tiny_ckpt
     config = tiny_data_and_budget(config, senteval_dir, senteval_tfds_dir)
-    assert get_trainer("dann") is dann.train_and_evaluate
+    assert get_trainer("dann") is dann.train
 
-    results = dann.train_and_evaluate(config, str(tmp_path))
+    results = dann.train(config, str(tmp_path))["test"]
 
     assert set(results) == {"mr", "domain", "sst2 (by the mr head)"}
     assert results["domain"]["count"] == 80  # 40 test sentences of each domain
@@ -77,7 +78,7 @@ def test_bad_dann_configs_are_refused(tmp_path):
     config = senteval_dann.get_config("mr,sst2")
     config.dann.target = "mr"
     with pytest.raises(ConfigError, match="two different label fields"):
-        dann.train_and_evaluate(config, str(tmp_path))
+        dann.train(config, str(tmp_path))
     config.dann.update(target="sst2", scale=-1.0)
     with pytest.raises(ConfigError, match="scale must be >= 0"):
-        dann.train_and_evaluate(config, str(tmp_path))
+        dann.train(config, str(tmp_path))

@@ -12,8 +12,9 @@ import pytest
 
 from configs import senteval_distill
 from mtl.errors import ConfigError
+from mtl.runs import distillation as distill
+from mtl.runs import supervised
 from mtl.tasks import tasks_from_config
-from mtl.train import distill, finetune
 from tests.conftest import TINY_BERT
 from tests.test_finetune import SHAPE, tiny_config, tiny_data_and_budget
 
@@ -35,7 +36,7 @@ def teacher_dir(tmp_path_factory, tiny_ckpt, senteval_dir, senteval_tfds_dir) ->
     teacher.finetune.strategy = "lora"
     teacher.finetune.lora.update(rank=2, alpha=4.0)
     teacher.optimizer.learning_rate = 1e-2  # so that the LoRA factors move in 4 steps
-    finetune.train_and_evaluate(teacher, workdir)
+    supervised.train(teacher, workdir)
     return workdir
 
 
@@ -60,14 +61,14 @@ def test_text_student_learns_from_a_lora_teacher_run(
 
     student_dir = str(tmp_path / "student")
     config = student_config(teacher_dir, senteval_dir, senteval_tfds_dir)
-    results = distill.train_and_evaluate(config, student_dir)
+    results = distill.train(config, student_dir)["test"]
     assert set(results) == {"mr"} and results["mr"]["count"] == 40
     with open(os.path.join(student_dir, "finetune.json")) as f:
         info = json.load(f)
     assert info["restored"] == {} and info["steps_trained"] == 4  # from scratch, not the teacher
     # The student's tokenizer is the teacher's, kept in its workdir for later runs.
     assert os.path.isfile(os.path.join(student_dir, "tokenizer", "tokenizer.json"))
-    assert distill.train_and_evaluate(config, student_dir) == results  # resumes at the end
+    assert distill.train(config, student_dir)["test"] == results  # resumes at the end
 
 
 def test_a_student_with_another_tokenizer_is_refused(
@@ -81,5 +82,5 @@ def test_a_student_with_another_tokenizer_is_refused(
     config = student_config(teacher_dir, senteval_dir, senteval_tfds_dir)
     config.data.tokenizer_dir = str(other)
     with pytest.raises(ConfigError, match="is not the teacher's"):
-        distill.train_and_evaluate(config, str(tmp_path / "student"))
+        distill.train(config, str(tmp_path / "student"))
     assert not (tmp_path / "student").exists()

@@ -19,7 +19,7 @@ import pytest
 from configs import omniglot_mtl
 from mtl import checkpoint
 from mtl.errors import CheckpointError, ConfigError, DataError
-from mtl.train import multitask
+from mtl.runs import supervised
 from scripts import faults
 
 TIMEOUT = 600
@@ -44,7 +44,7 @@ def _config(omniglot_dir, omniglot_tfds_dir, **overrides):
 def trained(tmp_path_factory, omniglot_images, omniglot_dir, omniglot_tfds_dir):
     """A finished 4-step run in this process (checkpoints 1, 2 and 4), copied per test."""
     workdir = tmp_path_factory.mktemp("trained")
-    multitask.train_and_evaluate(_config(omniglot_dir, omniglot_tfds_dir), str(workdir))
+    supervised.train(_config(omniglot_dir, omniglot_tfds_dir), str(workdir))
     assert faults.checkpoint_steps(workdir) == [1, 2, 4]
     return workdir
 
@@ -110,7 +110,7 @@ def test_damaged_checkpoint_names_it_and_the_older_ones_and_deletes_nothing(
     assert damaged
     before = faults.fingerprint(workdir)
     with pytest.raises(CheckpointError) as error:
-        multitask.train_and_evaluate(_config(omniglot_dir, omniglot_tfds_dir), str(workdir))
+        supervised.train(_config(omniglot_dir, omniglot_tfds_dir), str(workdir))
     message = str(error.value)
     assert f"{workdir / 'checkpoints' / '4'}, cannot be read" in message
     assert "resume from step 2" in message and "older checkpoints: 1, 2" in message
@@ -124,12 +124,12 @@ def test_checkpoint_of_another_model_lists_the_mismatched_arrays(
     before = faults.fingerprint(workdir)
     # With the run's config.json the config fields are named, before any data is read ...
     with pytest.raises(ConfigError, match=r"differs in: model \(model\.conv4\.filters: 8 -> 16\)"):
-        multitask.train_and_evaluate(config, str(workdir))
+        supervised.train(config, str(workdir))
     # ... and without it (checkpoints copied from elsewhere) the arrays are.
     (workdir / "config.json").unlink()
     before.pop("config.json")
     with pytest.raises(ConfigError) as error:
-        multitask.train_and_evaluate(config, str(workdir))
+        supervised.train(config, str(workdir))
     message = str(error.value)
     assert "holds a different model than the config builds" in message
     assert "params/trunk/blocks/0/conv/kernel: checkpoint (3, 3, 1, 8) float32, model " in message
@@ -148,7 +148,7 @@ def test_nan_loss_stops_names_step_and_tasks_and_keeps_the_good_checkpoint(
         **{"optimizer.name": "sgd", "optimizer.learning_rate": 1e30, "checkpoint.every": 1},
     )
     with pytest.raises(FloatingPointError) as error:
-        multitask.train_and_evaluate(config, str(tmp_path))
+        supervised.train(config, str(tmp_path))
     match = re.search(r"Non-finite loss of task\(s\) (.+) at step (\d+)\.", str(error.value))
     assert match, str(error.value)
     bad_step = int(match.group(2))
@@ -174,7 +174,7 @@ def test_bad_data_dir_fails_before_touching_the_workdir(workdir, tmp_path, omnig
     before = faults.fingerprint(workdir)
     message = "does not exist" if kind == "missing" else "holds none of the expected zips"
     with pytest.raises(DataError, match=message):
-        multitask.train_and_evaluate(_config(str(data_dir), omniglot_tfds_dir), str(workdir))
+        supervised.train(_config(str(data_dir), omniglot_tfds_dir), str(workdir))
     assert faults.fingerprint(workdir) == before
 
 

@@ -12,8 +12,8 @@ from configs import senteval_finetune
 from mtl import checkpoint
 from mtl.errors import ConfigError
 from mtl.models import build_model
+from mtl.runs import get_trainer, supervised
 from mtl.tasks import tasks_from_config
-from mtl.train import finetune, get_trainer
 from mtl.transfer import lora, restore
 from tests.conftest import TINY_BERT
 
@@ -109,8 +109,8 @@ def test_lora_run_resume_and_restore_from_its_workdir(
     config.finetune.strategy = "lora"
     config.finetune.lora.update(rank=2, alpha=4.0)
     workdir = str(tmp_path / "run")
-    assert get_trainer("finetune") is finetune.train_and_evaluate
-    results = finetune.train_and_evaluate(config, workdir)
+    assert get_trainer("finetune") is supervised.train
+    results = supervised.train(config, workdir)["test"]
     assert set(results) == {"trec_coarse", "mpqa"}
     assert results["mpqa"]["count"] == 40 and 0.0 <= results["mpqa"]["accuracy"] <= 1.0
     with open(os.path.join(workdir, "finetune.json")) as f:
@@ -134,7 +134,7 @@ def test_lora_run_resume_and_restore_from_its_workdir(
     assert np.abs(trained["layers/0/attention/query/lora_b"]).max() > 0
 
     # The same command again resumes at the end: no training, the same results.
-    again = finetune.train_and_evaluate(config, workdir)
+    again = supervised.train(config, workdir)["test"]
     assert again == results
     with open(os.path.join(workdir, "finetune.json")) as f:
         assert json.load(f)["steps_trained"] == 0
@@ -156,16 +156,16 @@ def test_bad_config_fails_before_any_work(tmp_path, tiny_ckpt, senteval_dir, sen
     workdir = tmp_path / "run"
     start = time.perf_counter()
     with pytest.raises(ConfigError, match=r"--config\.model\.bert\.hidden_size=32"):
-        finetune.train_and_evaluate(config, str(workdir))
+        supervised.train(config, str(workdir))
     assert time.perf_counter() - start < 5 and not workdir.exists()
     config = tiny_config(tiny_ckpt, senteval_dir, senteval_tfds_dir)
     config.finetune.strategy = "linear_probe"
     with pytest.raises(ConfigError, match="Unknown fine-tuning strategy 'linear_probe'"):
-        finetune.train_and_evaluate(config, str(workdir))
+        supervised.train(config, str(workdir))
     config = tiny_config(tiny_ckpt, senteval_dir, senteval_tfds_dir)
     config.init.checkpoint = str(tmp_path / "missing")
     with pytest.raises(Exception, match="does not exist"):
-        finetune.train_and_evaluate(config, str(workdir))
+        supervised.train(config, str(workdir))
     assert not workdir.exists()
 
 
@@ -177,7 +177,7 @@ def test_multitask_feature_extraction_with_a_weighting(
     config.finetune.strategy = "feature_extraction"
     config.weighting.name = "dwa"
     workdir = str(tmp_path / "mtl")
-    results = finetune.train_and_evaluate(config, workdir)
+    results = supervised.train(config, workdir)["test"]
     assert set(results) == {"mr", "trec_coarse", "trec_fine"}
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         metrics = [json.loads(line) for line in f]

@@ -10,8 +10,8 @@ from flax import nnx
 from mtl import optim
 from mtl.errors import ConfigError
 from mtl.models import build_model
+from mtl.runs.supervised_step import make_steps
 from mtl.tasks import tasks_from_config
-from mtl.train.multitask_step import make_steps
 from mtl.transfer import lora, partition, strategies
 from tests.conftest import TINY_BERT
 from tests.helpers import sum_of_losses
@@ -94,23 +94,23 @@ def opt_state_sizes(opt_state):
 def test_feature_extraction_freezes_trunk_without_optimizer_state():
     plan, state, step = setup("feature_extraction")
     new, _ = step(state, text_batch())
-    moved = changed(state["params"], new["params"])
+    moved = changed(state.params, new.params)
     assert moved and all(p.startswith("heads/") for p in moved)
-    head_sizes = sorted(v.size for p, v in flat(state["params"]).items() if p.startswith("heads/"))
+    head_sizes = sorted(v.size for p, v in flat(state.params).items() if p.startswith("heads/"))
     # Adam keeps mu and nu for the heads only: nothing of the size of any trunk weight.
-    assert opt_state_sizes(new["opt_state"]) == sorted(head_sizes * 2)
+    assert opt_state_sizes(new.opt_state) == sorted(head_sizes * 2)
 
 
 def test_full_fine_tuning_moves_everything():
     _, state, step = setup("full")
     new, _ = step(state, text_batch())
-    assert changed(state["params"], new["params"]) == set(flat(state["params"]))
+    assert changed(state.params, new.params) == set(flat(state.params))
 
 
 def test_freeze_rule_applies_under_any_strategy():
     _, state, step = setup("full", freeze=("^trunk/embeddings/",))
     new, _ = step(state, text_batch())
-    moved = changed(state["params"], new["params"])
+    moved = changed(state.params, new.params)
     assert not any(p.startswith("trunk/embeddings/") for p in moved)
     assert any(p.startswith("trunk/layers/0/") for p in moved)
 
@@ -120,7 +120,7 @@ def test_llrd_rates_per_layer():
     decay = 0.5
     plan, state, step = setup("llrd", llrd=dict(decay=decay))
     new, _ = step(state, text_batch())
-    before, after = flat(state["params"]), flat(new["params"])
+    before, after = flat(state.params), flat(new.params)
     size = {p: np.max(np.abs(after[p] - before[p])) for p in before}
     expect = {"heads/": 1.0, "trunk/embeddings/": decay ** (NUM_LAYERS + 1)}
     expect |= {f"trunk/layers/{i}/": decay ** (NUM_LAYERS - i) for i in range(NUM_LAYERS)}
@@ -128,18 +128,18 @@ def test_llrd_rates_per_layer():
         moves = [v for p, v in size.items() if p.startswith(prefix) and v > 0]
         assert moves, prefix
         np.testing.assert_allclose(max(moves), LR * mult, rtol=1e-3, err_msg=prefix)
-    groups = strategies.summary(plan, state["params"])["groups"]
+    groups = strategies.summary(plan, state.params)["groups"]
     assert groups["layer_0"]["lr_mult"] == decay**NUM_LAYERS
 
 
 def test_gradual_unfreezing_schedule():
     every = 2
     plan, state, step = setup("gradual_unfreezing", gradual_unfreezing=dict(every=every))
-    group_of = flat(partition.label_params(state["params"], plan.rules))
+    group_of = flat(partition.label_params(state.params, plan.rules))
     first_move = {}
     for i in range(1, 4 * every + 2):
         new, _ = step(state, text_batch(seed=i))
-        for p in changed(state["params"], new["params"]):
+        for p in changed(state.params, new.params):
             first_move.setdefault(str(group_of[p]), i)
         state = new
     # Step k (1-based) applies update k-1: a group that starts at s first moves at step s + 1.
@@ -156,32 +156,32 @@ def test_lp_ft_probes_then_fine_tunes():
     _, state, step = setup("lp_ft", lp_ft=dict(probe_steps=probe, trunk_lr_mult=0.5))
     for i in range(probe):
         new, _ = step(state, text_batch(seed=i))
-        assert all(p.startswith("heads/") for p in changed(state["params"], new["params"]))
+        assert all(p.startswith("heads/") for p in changed(state.params, new.params))
         state = new
     new, _ = step(state, text_batch(seed=9))
-    moved = changed(state["params"], new["params"])
+    moved = changed(state.params, new.params)
     assert any(p.startswith("trunk/layers/") for p in moved)
     # The trunk's Adam starts at its first real step: the bias correction makes it lr * mult.
     delta = (
-        flat(new["params"])["trunk/layers/0/intermediate/kernel"]
-        - flat(state["params"])["trunk/layers/0/intermediate/kernel"]
+        flat(new.params)["trunk/layers/0/intermediate/kernel"]
+        - flat(state.params)["trunk/layers/0/intermediate/kernel"]
     )
     np.testing.assert_allclose(np.max(np.abs(delta)), LR * 0.5, rtol=1e-3)
 
 
 def test_lora_trains_only_factors_and_heads_and_merges():
     plan, state, step = setup("lora", lora=dict(rank=2, alpha=4.0))
-    paths = flat(state["params"])
+    paths = flat(state.params)
     factors = {p for p in paths if p.endswith(("lora_a", "lora_b"))}
     assert len(factors) == 2 * 6 * NUM_LAYERS  # q, k, v, attention output, intermediate, output
     new, _ = step(state, text_batch())
     new, _ = step(new, text_batch(seed=1))  # lora_a moves once lora_b is non-zero
-    moved = changed(state["params"], new["params"])
+    moved = changed(state.params, new.params)
     assert moved == factors | {p for p in paths if p.startswith("heads/")}
-    summary = strategies.summary(plan, state["params"])
+    summary = strategies.summary(plan, state.params)
     assert summary["trainable"] == sum(paths[p].size for p in moved)
     trainable_sizes = sorted(paths[p].size for p in moved)
-    assert opt_state_sizes(new["opt_state"]) == sorted(trainable_sizes * 2)
+    assert opt_state_sizes(new.opt_state) == sorted(trainable_sizes * 2)
 
 
 def test_lora_merge_equals_unmerged_forward():

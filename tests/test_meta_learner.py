@@ -10,7 +10,7 @@ from PIL import Image
 from configs import omniglot_maml, omniglot_protonets
 from mtl.errors import ConfigError
 from mtl.meta.learner import load_learner
-from mtl.train import meta as meta_train
+from mtl.runs import meta as meta_train
 
 MEMBER = re.compile(r"^[^/]+/([^/]+)/character(\d+)/(\d+)_(\d+)\.png$")
 
@@ -45,7 +45,7 @@ def _raw_characters(omniglot_dir, count):
 def maml_workdir(tmp_path_factory, omniglot_images, omniglot_dir, omniglot_tfds_dir):
     workdir = str(tmp_path_factory.mktemp("omniglot_maml"))
     config = _tiny(omniglot_maml.get_config(), omniglot_dir, omniglot_tfds_dir)
-    results = meta_train.train_and_evaluate(config, workdir)
+    results = meta_train.train(config, workdir)["meta_test"]
     assert len(results["test"]["5way_1shot"]["mean"]) == 2  # before and after one step
     return workdir
 
@@ -87,7 +87,7 @@ def test_protonets_learner_adapts_to_twenty_ways(
 ):
     config = _tiny(omniglot_protonets.get_config(), omniglot_dir, omniglot_tfds_dir)
     config.meta.ways = 5
-    meta_train.train_and_evaluate(config, str(tmp_path))
+    meta_train.train(config, str(tmp_path))
     learner = load_learner(str(tmp_path))
     raw, _ = _raw_characters(omniglot_dir, 20)
     labels = np.repeat(np.arange(100, 120), 3)

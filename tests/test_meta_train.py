@@ -13,7 +13,9 @@ from mtl import parallel, preemption
 from mtl.errors import ConfigError
 from mtl.meta import families, methods
 from mtl.meta import model as mm
-from mtl.train import meta as meta_train
+from mtl.runs import meta as meta_train
+from mtl.runs import meta_eval
+from mtl.train.state import TrainState
 
 
 def tiny_config(**meta):
@@ -29,17 +31,17 @@ def tiny_config(**meta):
 
 
 def _final_meta(workdir):
-    return jax.tree_util.tree_map(np.asarray, meta_train.load_state(workdir)["meta"])
+    return jax.tree_util.tree_map(np.asarray, meta_train.load_state(workdir)["params"])
 
 
 def test_run_writes_results_curve_and_plot(tmp_path):
     config = tiny_config()
     config.baseline.update(joint=True, steps=3, finetune_lrs=(0.01, 0.02))
-    results = meta_train.train_and_evaluate(config, str(tmp_path))
+    results = meta_train.train(config, str(tmp_path))["meta_test"]
     curve = results["test"]["5shot"]
     assert len(curve["mean"]) == 3 and len(curve["ci95"]) == 3 and curve["episodes"] == 16
     assert results["baseline"]["5shot"]["finetune_lr"] in (0.01, 0.02)
-    (line,) = [x for x in meta_train._comparison(results) if "5shot" in x]
+    (line,) = [x for x in meta_eval.comparison(results) if "5shot" in x]
     assert "after 2 steps (pretrained fine-tuned at lr" in line
     assert (tmp_path / "adaptation.png").stat().st_size > 1000
     saved = json.loads((tmp_path / "results.json").read_text())
@@ -51,14 +53,14 @@ def test_run_writes_results_curve_and_plot(tmp_path):
 
 def test_resumed_and_preempted_run_equals_uninterrupted(tmp_path):
     whole, parts = str(tmp_path / "whole"), str(tmp_path / "parts")
-    meta_train.train_and_evaluate(tiny_config(), whole)
+    meta_train.train(tiny_config(), whole)
     preemption.request_stop()  # as SIGTERM would: stop after the current step, saved
     try:
-        assert meta_train.train_and_evaluate(tiny_config(), parts) == {}
+        assert meta_train.train(tiny_config(), parts).stopped
     finally:
         preemption.reset()
     assert meta_train.load_state(parts)["step"] == 1
-    meta_train.train_and_evaluate(tiny_config(), parts)  # the same command resumes
+    meta_train.train(tiny_config(), parts)  # the same command resumes
     jax.tree_util.tree_map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
         _final_meta(whole),
@@ -77,19 +79,13 @@ def test_eight_devices_give_the_one_device_meta_gradient():
     out = []
     for devices in (1, 8):
         mesh = parallel.make_mesh({"data": devices})
-        step = jax.jit(meta_train.make_train_step(learner, optax.sgd(1.0), mesh, ways=1))
+        step = jax.jit(meta_train.make_train_step(learner, optax.sgd(1.0), mesh, ways=1, metric="mse"))
         sharded = parallel.to_global(batch, parallel.batch_sharding(mesh))
         if devices == 8:
             assert sharded["query"]["x"].addressable_shards[0].data.shape[0] == 1
-        state0 = {
-            "step": np.int32(0),
-            "meta": meta,
-            "model_state": mstate,
-            "opt_state": optax.sgd(1.0).init(meta),
-            "nonfinite": np.int32(-1),
-        }
+        state0 = TrainState.create(meta, mstate, optax.sgd(1.0), seed=0, losses=("meta-loss",))
         new, metrics = step(state0, sharded)
-        out.append((jax.device_get(new["meta"]), jax.device_get(metrics)))
+        out.append((jax.device_get(new.params), jax.device_get(metrics)))
     (one, m1), (eight, m8) = out
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), one, eight)
     for k in m1:
@@ -116,7 +112,7 @@ def test_bad_config_fails_before_building(tmp_path, monkeypatch, override, messa
     config = tiny_config()
     config.meta.update(**override)
     with pytest.raises(ConfigError, match=message):
-        meta_train.train_and_evaluate(config, str(tmp_path))
+        meta_train.train(config, str(tmp_path))
     assert not os.path.exists(tmp_path / "checkpoints")
 
 
@@ -124,4 +120,4 @@ def test_unknown_data_option_is_named(tmp_path):
     config = tiny_config()
     config.data.amplitud = (0.1, 5.0)
     with pytest.raises(ConfigError, match=r"no option\(s\) 'amplitud'.*amplitude="):
-        meta_train.train_and_evaluate(config, str(tmp_path))
+        meta_train.train(config, str(tmp_path))

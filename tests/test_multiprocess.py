@@ -18,7 +18,6 @@ import jax
 import numpy as np
 
 from mtl import checkpoint
-from mtl.train import multitask
 from scripts import faults
 from tests.test_train_loop import _flags
 
@@ -90,8 +89,8 @@ def test_two_processes_stop_together_resume_and_match_one_process(
     assert one.returncode == 0, one.stderr[-3000:]
 
     # Bit for bit: the processes add the same two per-device gradients the single process adds.
-    expected = multitask.final_params(str(reference))
-    actual = multitask.final_params(str(workdir))
+    expected = checkpoint.final_state(str(reference))["params"]
+    actual = checkpoint.final_state(str(workdir))["params"]
     jax.tree_util.tree_map(np.testing.assert_array_equal, expected, actual)
     one_results = json.loads((reference / "results.json").read_text())["test"]
     two_results = json.loads((workdir / "results.json").read_text())["test"]

@@ -16,9 +16,10 @@ from configs import omniglot_mtl
 from mtl.data import arrays
 from mtl.errors import ConfigError, DataError
 from mtl.models import build_model, default_config
+from mtl.runs import supervised
+from mtl.runs import task_affinity as affinity
+from mtl.runs.supervised_step import make_steps
 from mtl.tasks import tasks_from_config
-from mtl.train import affinity, multitask
-from mtl.train.multitask_step import make_steps
 from mtl.weighting import base, get_weighting
 from tests.conftest import TINY_BERT
 from tests.test_weighting import assert_tree_close
@@ -51,7 +52,7 @@ def grouped_problem(conv: str = "matmul", filters: int = 8):
 
 def objective_of(steps, batch):
     state = steps.init()
-    return steps.objective(state["params"], state["model_state"], batch, train=True), state
+    return steps.objective(state.params, state.model_state, batch, train=True), state
 
 
 @pytest.mark.parametrize("conv", ["matmul", "xla"])
@@ -83,7 +84,7 @@ def test_batch_norm_statistics_are_taken_per_group():
     grouped = make_steps(model, tasks, optax.sgd(0.1), equal, 0, per_task_batch=True)
     mixed = make_steps(model, tasks, optax.sgd(0.1), equal, 0)
     state = grouped.init()
-    params, model_state = state["params"], state["model_state"]
+    params, model_state = state.params, state.model_state
     z, stats = grouped.objective(params, model_state, batch, True).representation(params["trunk"])
     for t, x in enumerate(np.split(batch["inputs"], NUM_TASKS)):
         # each group alone through the plain trunk: the same features
@@ -122,7 +123,7 @@ def test_eight_devices_match_one_device(method):
     assert len(sharded_batch["inputs"].addressable_shards) == 8
     state = jax.device_put(steps.init(), NamedSharding(mesh, PartitionSpec()))
     sharded_state, sharded = step(state, sharded_batch)
-    assert_tree_close((sharded_state["params"], sharded), (single_state["params"], single),
+    assert_tree_close((sharded_state.params, sharded), (single_state.params, single),
                       1e-4, 1e-5)  # fmt: skip
 
 
@@ -185,27 +186,27 @@ def config(omniglot_dir, omniglot_tfds_dir):
 
 
 def test_bad_layouts_are_refused_before_building(config, tmp_path, monkeypatch):
-    monkeypatch.setattr(multitask, "build_model", lambda *a, **k: pytest.fail("built"))
+    monkeypatch.setattr(supervised, "build_model", lambda *a, **k: pytest.fail("built"))
     config.batch_layout = "per-task"
     with pytest.raises(ConfigError, match=r"batch layout 'per-task'.*Did you mean 'per_task'"):
-        multitask.train_and_evaluate(config, str(tmp_path))
+        supervised.train(config, str(tmp_path))
     config.batch_layout = "per_task"
     config.batch_size = 25
     with pytest.raises(ConfigError, match=r"batch_size=25 is not a multiple of the 3 tasks"):
-        multitask.train_and_evaluate(config, str(tmp_path))
+        supervised.train(config, str(tmp_path))
 
 
 def test_other_trainers_refuse_the_per_task_layout(config, tmp_path):
     config.trainer = "affinity"
     config.affinity = affinity.default_config()
     with pytest.raises(ConfigError, match="trainer='multitask' only, not 'affinity'"):
-        affinity.train_and_evaluate(config, str(tmp_path))
+        affinity.train(config, str(tmp_path))
     assert not list(tmp_path.glob("**/checkpoints/*"))
 
 
 def test_pcgrad_run_with_per_task_batches_lowers_the_loss(config, tmp_path, omniglot_images):
     config.weighting.name = "pcgrad"
-    results = multitask.train_and_evaluate(config, str(tmp_path))
+    results = supervised.train(config, str(tmp_path))["test"]
     assert set(results) == {"Greek", "Latin", "Korean"}
     records = [
         line
@@ -251,7 +252,7 @@ def test_dropout_draws_a_different_mask_per_group():
     ungrouped = make_steps(model, tasks, optax.sgd(0.1), get_weighting("equal"), 0)
     _, expected_state = objective_of(ungrouped, batch)[0].representation(obj.shared)
     flat = jax.tree_util.tree_leaves_with_path(new_state)
-    before = dict(jax.tree_util.tree_leaves_with_path(state["model_state"]["trunk"]))
+    before = dict(jax.tree_util.tree_leaves_with_path(state.model_state["trunk"]))
     after_ungrouped = dict(jax.tree_util.tree_leaves_with_path(expected_state))
     for path, leaf in flat:
         if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):

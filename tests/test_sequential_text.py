@@ -11,7 +11,7 @@ import pytest
 
 from configs import senteval_sequential
 from mtl.errors import ConfigError
-from mtl.train import get_trainer, loop, sequential
+from mtl.runs import get_trainer, sequential
 from mtl.transfer import ewc
 from tests.conftest import TINY_BERT
 from tests.test_finetune import tiny_data_and_budget
@@ -37,7 +37,7 @@ def fisher_distance(fisher, a, b) -> float:
 def test_ewc_holds_the_bert_trunk_near_the_first_task(
     tmp_path, monkeypatch, tiny_ckpt, senteval_dir, senteval_tfds_dir
 ):
-    assert get_trainer("sequential") is sequential.train_and_evaluate
+    assert get_trainer("sequential") is sequential.train
     fishers = []
     with_ewc = ewc.with_ewc
 
@@ -50,7 +50,7 @@ def test_ewc_holds_the_bert_trunk_near_the_first_task(
     for strength in (0.0, 1e6):
         workdir = tmp_path / f"ewc{strength:g}"
         config = sequential_config(tiny_ckpt, senteval_dir, senteval_tfds_dir, strength)
-        final = sequential.train_and_evaluate(config, str(workdir))
+        final = sequential.train(config, str(workdir))["test"]
 
         assert set(final) == {"mr", "trec_coarse"}
         report = json.loads((workdir / "results.json").read_text())
@@ -59,8 +59,8 @@ def test_ewc_holds_the_bert_trunk_near_the_first_task(
         assert final["trec_coarse"]["accuracy"] == pytest.approx(
             report["after_phase"][1]["trec_coarse"]["accuracy"]
         )
-        first = loop.final_state(str(workdir / "phase0"))["params"]
-        second = loop.final_state(str(workdir / "phase1"))["params"]
+        first = checkpoint.final_state(str(workdir / "phase0"))["params"]
+        second = checkpoint.final_state(str(workdir / "phase1"))["params"]
         assert set(second["heads"]) == {"trec_coarse"}  # a new head, the old one kept aside
         trunks[strength] = (first["trunk"], second["trunk"])
     # The Fisher (of mr, on a BERT trunk fed token dicts) was estimated for the EWC run only,
@@ -77,7 +77,7 @@ def test_ewc_holds_the_bert_trunk_near_the_first_task(
     # Run again on the finished workdir: nothing retrains, the Fisher is read back, not redone.
     workdir = tmp_path / "ewc1e+06"
     assert (workdir / "phase0" / "fisher_8x4").is_dir()
-    again = sequential.train_and_evaluate(config, str(workdir))
+    again = sequential.train(config, str(workdir))["test"]
     assert again == final
     jax.tree.map(np.testing.assert_array_equal, fishers[1], fisher)
 
@@ -86,4 +86,4 @@ def test_bad_fisher_options_are_refused(tmp_path, tiny_ckpt, senteval_dir, sente
     config = sequential_config(tiny_ckpt, senteval_dir, senteval_tfds_dir, 1.0)
     config.sequential.fisher_batch = 0
     with pytest.raises(ConfigError, match="fisher_batch must be >= 1"):
-        sequential.train_and_evaluate(config, str(tmp_path))
+        sequential.train(config, str(tmp_path))

@@ -8,8 +8,8 @@ from jax.sharding import Mesh
 
 from mtl import parallel
 from mtl.models import build_model, default_config
+from mtl.runs.supervised_step import make_steps
 from mtl.train import loop
-from mtl.train.multitask_step import make_steps
 from tests.helpers import sum_of_losses, toy_batch, toy_tasks
 
 
@@ -19,7 +19,7 @@ def _run(mesh: Mesh, num_steps: int = 3):
     tasks = toy_tasks()
     model = build_model(config, tasks, (8, 8, 1), seed=0)
     steps = make_steps(model, tasks, optax.adam(1e-2), sum_of_losses(), seed=0)
-    compiled = loop.compile_steps(steps, mesh, rules=())  # what the trainers run
+    compiled = loop.compile_steps(steps.init, steps.train_step, mesh, rules=())  # what the trainers run
     state = compiled.init()
     history = []
     for step in range(num_steps):
@@ -41,13 +41,13 @@ def test_eight_devices_match_one_device():
             np.testing.assert_allclose(a[key], b[key], atol=1e-5, err_msg=key)
     jax.tree_util.tree_map(
         lambda x, y: np.testing.assert_allclose(x, y, atol=1e-5),
-        one["params"],
-        eight["params"],
+        one.params,
+        eight.params,
     )
     jax.tree_util.tree_map(
         lambda x, y: np.testing.assert_allclose(x, y, atol=1e-5),
-        one["model_state"],
-        eight["model_state"],
+        one.model_state,
+        eight.model_state,
     )
 
 

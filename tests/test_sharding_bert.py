@@ -12,9 +12,9 @@ from jax.sharding import PartitionSpec as P
 from mtl import parallel, sharding
 from mtl.errors import ConfigError
 from mtl.models import build_model
+from mtl.runs.supervised_step import make_steps
 from mtl.tasks import tasks_from_config
 from mtl.train import loop
-from mtl.train.multitask_step import make_steps
 from tests.conftest import TINY_BERT
 from tests.helpers import sum_of_losses
 
@@ -57,7 +57,7 @@ def _train(mesh_config: dict, preset: str = "", num_steps: int = 3):
     mesh = parallel.make_mesh(mesh_config)
     steps = _steps()
     rules = sharding.config_rules({"sharding": {"preset": preset}})
-    compiled = loop.compile_steps(steps, mesh, rules)  # what the trainers run
+    compiled = loop.compile_steps(steps.init, steps.train_step, mesh, rules)  # what the trainers run
     state = compiled.init()
     losses = []
     for step in range(num_steps):
@@ -71,7 +71,7 @@ def _train(mesh_config: dict, preset: str = "", num_steps: int = 3):
 def _reference():
     """The replicated run on one device, shared by both presets."""
     state, losses = _train({"data": 1})
-    return jax.device_get(state["params"]), losses
+    return jax.device_get(state.params), losses
 
 
 def _leaf(tree, path: str):
@@ -89,7 +89,7 @@ def test_bert_preset_splits_the_big_matrices_and_keeps_the_step(preset, mesh_con
     ref_params, ref_losses = _reference()
     state, losses = _train(mesh_config, preset)
 
-    trunk, mu = state["params"]["trunk"], state["opt_state"][0].mu["trunk"]
+    trunk, mu = state.params["trunk"], state.opt_state[0].mu["trunk"]
     for path in BIG:
         for array in (_leaf(trunk, path), _leaf(mu, path)):
             assert axis in str(array.sharding.spec), path
@@ -106,7 +106,7 @@ def test_bert_preset_splits_the_big_matrices_and_keeps_the_step(preset, mesh_con
     # Layer norms and the head match no rule: replicated.
     for path in ("layers/0/norm/scale", "embeddings/norm/bias"):
         assert _leaf(trunk, path).sharding.spec == P()
-    assert state["params"]["heads"]["sst5"]["out"]["kernel"].sharding.spec == P()
+    assert state.params["heads"]["sst5"]["out"]["kernel"].sharding.spec == P()
 
     for a, b in zip(ref_losses, losses, strict=True):
         for key in a:
@@ -114,7 +114,7 @@ def test_bert_preset_splits_the_big_matrices_and_keeps_the_step(preset, mesh_con
     jax.tree_util.tree_map(
         lambda x, y: np.testing.assert_allclose(x, y, atol=1e-5),
         ref_params,
-        jax.device_get(state["params"]),
+        jax.device_get(state.params),
     )
 
 

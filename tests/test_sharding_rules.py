@@ -9,8 +9,8 @@ from jax.sharding import PartitionSpec as P
 from mtl import parallel, sharding
 from mtl.errors import ConfigError
 from mtl.models import build_model, default_config
+from mtl.runs.supervised_step import make_steps
 from mtl.train import loop
-from mtl.train.multitask_step import make_steps
 from tests.helpers import sum_of_losses, toy_batch, toy_tasks
 
 
@@ -28,7 +28,7 @@ def _train(trunk: str, mesh_config: dict, rules=(), num_steps: int = 3):
     """`num_steps` steps under `rules`; returns the final state (on devices) and the metrics."""
     mesh = parallel.make_mesh(mesh_config)
     steps = _steps(trunk)
-    compiled = loop.compile_steps(steps, mesh, rules)  # what the trainers run
+    compiled = loop.compile_steps(steps.init, steps.train_step, mesh, rules)  # what the trainers run
     state = compiled.init()
     history = []
     for step in range(num_steps):
@@ -74,7 +74,7 @@ def test_rules_split_the_trunk_and_keep_the_step(
     reference, ref_history = _train(trunk, {"data": 1}, ())
     state, history = _train(trunk, mesh_config, rules)
 
-    layer = state["params"]["trunk"]
+    layer = state.params["trunk"]
     for part in path.split("/"):
         layer = layer[int(part) if part.isdigit() else part]
     kernel = layer["kernel"] if "kernel" in layer else layer["conv"]["kernel"]
@@ -85,24 +85,24 @@ def test_rules_split_the_trunk_and_keep_the_step(
     if shard_shape is not None:
         assert shards[0].data.shape == shard_shape
     # Biases and heads match no rule: replicated.
-    head = state["params"]["heads"]["a"]["out"]["kernel"]
+    head = state.params["heads"]["a"]["out"]["kernel"]
     assert head.sharding.spec == P() and head.addressable_shards[0].data.size == head.size
 
     for a, b in zip(ref_history, history, strict=True):
         for key in a:
             np.testing.assert_allclose(a[key], b[key], atol=1e-5, err_msg=key)
-    _assert_same(jax.device_get(reference["params"]), jax.device_get(state["params"]))
-    _assert_same(jax.device_get(reference["opt_state"]), jax.device_get(state["opt_state"]))
+    _assert_same(jax.device_get(reference.params), jax.device_get(state.params))
+    _assert_same(jax.device_get(reference.opt_state), jax.device_get(state.opt_state))
 
 
 def test_optimizer_moments_follow_their_parameters():
     mesh = parallel.make_mesh({"data": 2, "fsdp": 4})
     shapes = jax.eval_shape(_steps("mlp").init)
     shardings = sharding.tree_shardings(shapes, (("trunk/.*kernel", "fsdp"),), mesh)
-    param = shardings["params"]["trunk"]["layers"][1]["kernel"]
-    moment = shardings["opt_state"][0].mu["trunk"]["layers"][1]["kernel"]
+    param = shardings.params["trunk"]["layers"][1]["kernel"]
+    moment = shardings.opt_state[0].mu["trunk"]["layers"][1]["kernel"]
     assert param.spec == moment.spec == P(None, "fsdp")
-    assert shardings["step"].spec == P()
+    assert shardings.step.spec == P()
 
 
 def test_summary_names_the_split_arrays():
@@ -156,7 +156,7 @@ def test_loop_trains_sharded_and_resumes_under_another_mesh(
 ):
     from configs import omniglot_mtl
     from mtl import checkpoint
-    from mtl.train import multitask
+    from mtl.runs import supervised
 
     config = omniglot_mtl.get_config("Greek,Latin")
     config.update(dict(num_steps=2, batch_size=32, eval_batch_size=256, log_every=1))
@@ -165,7 +165,7 @@ def test_loop_trains_sharded_and_resumes_under_another_mesh(
     config.mesh.update(dict(data=2, fsdp=4))
     config.sharding.rules = (("trunk/.*kernel", "fsdp"),)
     with caplog.at_level("INFO"):
-        multitask.train_and_evaluate(config, str(tmp_path))
+        supervised.train(config, str(tmp_path))
     assert "Sharding: 4 parameter arrays split" in caplog.text
     saved = checkpoint.read_on_host(str(tmp_path / "checkpoints"))
     assert saved["params"]["trunk"]["blocks"]["1"]["conv"]["kernel"].shape == (3, 3, 8, 8)
@@ -176,6 +176,6 @@ def test_loop_trains_sharded_and_resumes_under_another_mesh(
     config.sharding.rules = ()
     caplog.clear()
     with caplog.at_level("INFO"):
-        multitask.train_and_evaluate(config, str(tmp_path))
+        supervised.train(config, str(tmp_path))
     assert "at step 2." in caplog.text
     assert checkpoint.read_on_host(str(tmp_path / "checkpoints"))["step"] == 3

@@ -15,7 +15,7 @@ import pytest
 from configs import omniglot_mtl
 from mtl import checkpoint
 from mtl.errors import ConfigError, DataError
-from mtl.train import multitask
+from mtl.runs import supervised
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -90,8 +90,8 @@ def test_sigterm_saves_and_resume_matches_uninterrupted_run(
     resumed = _run(args)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"at step {stopped_at}" in resumed.stderr
-    expected = multitask.final_params(str(reference_dir))
-    actual = multitask.final_params(str(workdir))
+    expected = checkpoint.final_state(str(reference_dir))["params"]
+    actual = checkpoint.final_state(str(workdir))["params"]
     jax.tree_util.tree_map(np.testing.assert_array_equal, expected, actual)
 
 
@@ -121,7 +121,7 @@ def nothing_built(monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("the model was built before the bad input was reported")
 
-    monkeypatch.setattr(multitask, "build_model", fail)
+    monkeypatch.setattr(supervised, "build_model", fail)
 
 
 @pytest.mark.parametrize(
@@ -140,7 +140,7 @@ def test_unknown_names_fail_before_building(config, nothing_built, tmp_path, fie
         node = node[part]
     node[key[-1]] = value
     with pytest.raises(ConfigError, match=message):
-        multitask.train_and_evaluate(config, str(tmp_path))
+        supervised.train(config, str(tmp_path))
 
 
 def test_unknown_alphabet_in_config_argument():
@@ -151,20 +151,20 @@ def test_unknown_alphabet_in_config_argument():
 def test_label_out_of_range_fails_before_building(config, nothing_built, tmp_path):
     config.tasks.Korean.num_outputs = 30
     with pytest.raises(DataError, match=r"Korean.*\[0, 39\].*num_outputs=40"):
-        multitask.train_and_evaluate(config, str(tmp_path))
+        supervised.train(config, str(tmp_path))
 
 
 def test_missing_data_dir_fails_before_building(config, nothing_built, tmp_path):
     config.data.data_dir = str(tmp_path / "no_such_dir")
     with pytest.raises(DataError, match=r"no_such_dir.*MTL_OMNIGLOT_DIR"):
-        multitask.train_and_evaluate(config, str(tmp_path / "work"))
+        supervised.train(config, str(tmp_path / "work"))
 
 
 def test_resume_with_a_different_model_is_refused(config, tmp_path):
     os.makedirs(tmp_path, exist_ok=True)
     (tmp_path / "config.json").write_text(json.dumps({"model": {"trunk": "mlp"}}))
     with pytest.raises(ConfigError, match="differs in: model"):
-        multitask.train_and_evaluate(config, str(tmp_path))
+        supervised.train(config, str(tmp_path))
     assert json.loads((tmp_path / "config.json").read_text()) == {"model": {"trunk": "mlp"}}
 
 

@@ -184,8 +184,8 @@ def test_distill_step_trains_the_student_on_the_teacher_outputs():
 
     from mtl.models import build_model, default_config
     from mtl.models.functional import PureModule
-    from mtl.train import distill as distill_trainer
-    from mtl.train.multitask_step import make_steps
+    from mtl.runs import distillation as distill_trainer
+    from mtl.runs.supervised_step import make_steps
     from tests.helpers import sum_of_losses, toy_batch
 
     tasks = tasks_from_config(
@@ -223,7 +223,7 @@ def test_distill_step_trains_the_student_on_the_teacher_outputs():
         )
         np.testing.assert_allclose(metrics[f"loss/{t.name}"], expected, rtol=1e-5)
     # The teacher is carried unchanged; evaluation reads the student only.
-    jax.tree.map(np.testing.assert_array_equal, new_state["teacher"], variables)
+    jax.tree.map(np.testing.assert_array_equal, new_state.extras["teacher"], variables)
     sums = wrapped.eval_step(new_state, batch)
     assert set(sums) == {"a", "b"}
 

@@ -14,14 +14,14 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
-from jax.sharding import NamedSharding
+from jax.sharding import Mesh, NamedSharding
 
 from mtl import checkpoint, parallel, preemption, sharding
 from mtl.logs import MetricsWriter, Progress
@@ -43,22 +43,31 @@ class Compiled:
 
 
 def compile_experiment(experiment: Experiment) -> Compiled:
-    """Jits the steps over the experiment's mesh: the state replicated except where its
-    sharding rules split it, the batch split over `data`, the state donated."""
-    mesh = experiment.mesh
-    shapes = template(experiment.init)
-    state_sharding = sharding.tree_shardings(shapes, experiment.rules, mesh)
-    if experiment.rules:
+    """`compile_steps` of the experiment's steps, mesh and sharding rules."""
+    return compile_steps(experiment.init, experiment.train_step, experiment.mesh, experiment.rules)
+
+
+def compile_steps(
+    init: Callable[[], TrainState],
+    train_step: Callable[[TrainState, PyTree], tuple[TrainState, Any]],
+    mesh: Mesh,
+    rules: Sequence[Any] = (),
+) -> Compiled:
+    """Jits the steps over `mesh`: the state replicated except where the sharding `rules`
+    split it (see `mtl.sharding`), the batch split over `data`, the state donated."""
+    shapes = template(init)
+    state_sharding = sharding.tree_shardings(shapes, rules, mesh)
+    if rules:
         logging.info("%s", sharding.summary(shapes, state_sharding))
     data_sharding = parallel.batch_sharding(mesh)
-    train_step = jax.jit(
-        experiment.train_step,
+    jitted_step = jax.jit(
+        train_step,
         in_shardings=(state_sharding, data_sharding),
         out_shardings=(state_sharding, parallel.replicated(mesh)),
         donate_argnums=0,
     )
-    init = jax.jit(experiment.init, out_shardings=state_sharding)
-    return Compiled(init, train_step, shapes, state_sharding, data_sharding)
+    jitted_init = jax.jit(init, out_shardings=state_sharding)
+    return Compiled(jitted_init, jitted_step, shapes, state_sharding, data_sharding)
 
 
 def run(experiment: Experiment, workdir: str) -> Result:
