@@ -9,8 +9,8 @@ from PIL import Image
 
 from configs import omniglot_maml, omniglot_protonets
 from mtl.errors import ConfigError
-from mtl.meta.learner import load_learner
 from mtl.runs import meta as meta_train
+from mtl.runs.meta import load_learner
 
 MEMBER = re.compile(r"^[^/]+/([^/]+)/character(\d+)/(\d+)_(\d+)\.png$")
 

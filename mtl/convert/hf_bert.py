@@ -14,6 +14,7 @@ PyTorch needed) or from a `transformers` PyTorch model object (`from_torch`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -134,7 +135,24 @@ def convert(
       ConversionError: listing leftovers on both sides and shape mismatches, all at once.
     """
     drop = [re.compile(p) for p in drop]
-    source = {}
+    source = _source_tensors(weights)
+    wanted = flatten(target)
+    num_layers = len(target.get("layers", {}))
+    has_pooler = "pooler" in target
+    match = _match(table(num_layers, has_pooler), source, wanted)
+    leftover = _leftover(source, match.used, has_pooler, drop)
+    unfilled = sorted(set(wanted) - set(match.out) - match.bad_shape)
+    problems = (leftover, match.missing, match.mismatched, unfilled)
+    if any(problems):
+        disagree = _disagreements(match.sizes, config)
+        raise ConversionError(_report(*problems, num_layers, disagree))
+    return unflatten(match.out)
+
+
+def _source_tensors(weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """`weights` as numpy arrays under their `normalize_name`s; `ConversionError` if two
+    names normalise to the same one."""
+    source: dict[str, list[str]] = {}
     for name in weights:
         source.setdefault(normalize_name(name), []).append(name)
     duplicates = {k: v for k, v in source.items() if len(v) > 1}
@@ -143,34 +161,15 @@ def convert(
             "The checkpoint holds the same weight under several names: "
             + "; ".join(" and ".join(v) for v in duplicates.values())
         )
-    source = {k: np.asarray(weights[v[0]]) for k, v in source.items()}
+    return {k: np.asarray(weights[v[0]]) for k, v in source.items()}
 
-    wanted = flatten(target)
-    num_layers = len(target.get("layers", {}))
-    has_pooler = "pooler" in target
-    out, used, bad_shape, sizes = {}, set(), set(), set()
-    missing_source, missing_target, mismatched = [], [], []
-    for ours, theirs, transform in table(num_layers, has_pooler):
-        if theirs not in source:
-            missing_source.append(f"{theirs} (for {ours})")
-            continue
-        used.add(theirs)
-        if ours not in wanted:  # only when the table and the trunk disagree: a bug here
-            missing_target.append(f"{ours} (from {theirs})")
-            continue
-        value = transform(source[theirs])
-        if tuple(value.shape) != tuple(wanted[ours].shape):
-            bad_shape.add(ours)
-            sizes |= {
-                (w, g) for w, g in zip(wanted[ours].shape, value.shape, strict=False) if w != g
-            }
-            mismatched.append(
-                f"{theirs} {tuple(source[theirs].shape)} -> {ours}: the model needs "
-                f"{tuple(wanted[ours].shape)}"
-            )
-            continue
-        out[ours] = value.astype(np.float32)
-    leftover = sorted(
+
+def _leftover(
+    source: Iterable[str], used: set[str], has_pooler: bool, drop: Iterable[re.Pattern[str]]
+) -> list[str]:
+    """The checkpoint names, sorted, that no row used and that are not expected to go unused:
+    buffers, the pooler of a target without one, or names matching a `drop` pattern."""
+    return sorted(
         name
         for name in source
         if name not in used
@@ -178,11 +177,48 @@ def convert(
         and not (name.startswith("pooler.") and not has_pooler)  # pooling chose not to use it
         and not any(p.search(name) for p in drop)
     )
-    unfilled = sorted(set(wanted) - set(out) - bad_shape)
-    problems = (leftover, missing_source + missing_target, mismatched, unfilled)
-    if any(problems):
-        raise ConversionError(_report(*problems, num_layers, _disagreements(sizes, config)))
-    return unflatten(out)
+
+
+@dataclasses.dataclass
+class _Match:
+    """What `_match` made of the table rows."""
+
+    out: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # our path -> value
+    used: set[str] = dataclasses.field(default_factory=set)  # checkpoint names used
+    bad_shape: set[str] = dataclasses.field(default_factory=set)  # our paths, shape mismatch
+    sizes: set[tuple[int, int]] = dataclasses.field(default_factory=set)  # (model, tensor) dims
+    missing: list[str] = dataclasses.field(default_factory=list)  # rows without a tensor/param
+    mismatched: list[str] = dataclasses.field(default_factory=list)  # shape mismatch messages
+
+
+def _match(
+    rows: Iterable[tuple[str, str, Transform]],
+    source: Mapping[str, np.ndarray],
+    wanted: Mapping[str, Any],
+) -> _Match:
+    """Applies each row to `source`, checking the result against the shapes in `wanted`."""
+    match = _Match()
+    missing_source, missing_target = [], []
+    for ours, theirs, transform in rows:
+        if theirs not in source:
+            missing_source.append(f"{theirs} (for {ours})")
+            continue
+        match.used.add(theirs)
+        if ours not in wanted:  # only when the table and the trunk disagree: a bug here
+            missing_target.append(f"{ours} (from {theirs})")
+            continue
+        value = transform(source[theirs])
+        shape = tuple(wanted[ours].shape)
+        if tuple(value.shape) != shape:
+            match.bad_shape.add(ours)
+            match.sizes |= {(w, g) for w, g in zip(shape, value.shape, strict=False) if w != g}
+            match.mismatched.append(
+                f"{theirs} {tuple(source[theirs].shape)} -> {ours}: the model needs {shape}"
+            )
+            continue
+        match.out[ours] = value.astype(np.float32)
+    match.missing = missing_source + missing_target
+    return match
 
 
 # config.json fields that set the size of some tensor dimension.

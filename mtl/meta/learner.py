@@ -1,6 +1,6 @@
 """Rapid adaptation from Python: load a meta-trained learner, adapt it, predict.
 
-    from mtl.meta.learner import load_learner
+    from mtl.runs.meta import load_learner
 
     learner = load_learner("/tmp/omniglot_maml")        # a workdir of launch.train
     adapted = learner.adapt(support_images, support_labels, steps=10)
@@ -24,8 +24,6 @@ predicted on its own.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -34,10 +32,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mtl import checkpoint, optim
 from mtl.errors import ConfigError, DataError
-from mtl.meta import families, methods
-from mtl.meta import model as mm
 from mtl.meta.protocol import MetaLearner
 
 PyTree = Any
@@ -150,47 +145,3 @@ def _predict_jit(method: MetaLearner, ways: int, steps: int, train_bn: bool):
         return method.predict(meta, state, adapted, x, ways=ways, steps=steps, train_bn=train_bn)
 
     return _cached(("predict", id(method), ways, steps, train_bn), lambda: jax.jit(predict))
-
-
-def load_learner(workdir: str, *, step: int | None = None) -> Learner:
-    """The learner of a `launch.train` workdir, from its config.json and newest checkpoint.
-
-    The data set is not loaded: only what its inputs look like (for the preprocessing).
-    """
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{workdir} has no config.json: is it a launch.train workdir?")
-    with open(path) as f:
-        config = ml_collections.ConfigDict(json.load(f))
-    if config.get("trainer") != "meta":
-        raise ConfigError(f"{workdir} holds a {config.get('trainer')!r} run, not a meta-learner.")
-    kind, input_shape, preprocess = families.describe(config.data)
-    m = config.meta
-    model, params, model_state = mm.build(
-        config.model, kind, methods.num_outputs(m, kind), input_shape, config.seed
-    )
-    method = methods.build(m, model, params, model_state)
-    optimizer = optim.make_optimizer(config.optimizer, config.num_steps)
-    meta, mstate = method.init(params, model_state)
-    template = {
-        "step": jnp.zeros((), jnp.int32),
-        "meta": meta,
-        "model_state": mstate,
-        "opt_state": optimizer.init(meta),
-        "nonfinite": jnp.int32(-1),
-    }
-    manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"), every=1, keep=1)
-    try:
-        chosen = manager.latest_step() if step is None else step
-        if chosen is None:
-            raise FileNotFoundError(f"{workdir}/checkpoints holds no checkpoint yet.")
-        from orbax.checkpoint import args as ocp_args
-
-        state = manager.restore(
-            chosen, args=ocp_args.StandardRestore(checkpoint.abstract_like(template))
-        )
-    finally:
-        manager.close()
-    return Learner(
-        config, method, state["meta"], state["model_state"], kind, preprocess, int(chosen)
-    )

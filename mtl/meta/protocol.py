@@ -16,7 +16,7 @@ collected in meta-training, so predictions are per example.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import jax
 
@@ -33,6 +33,7 @@ def check_choice(field: str, value: Any, known: Sequence[str]) -> None:
         raise ConfigError(f"meta.{field} must be one of {', '.join(known)}, got {value!r}.")
 
 
+@runtime_checkable
 class MetaLearner(Protocol):
     """A meta-learner built by `MethodOptions.build`.
 
@@ -87,6 +88,7 @@ class MetaLearner(Protocol):
         ...
 
 
+@runtime_checkable
 class MethodOptions(Protocol):
     """A method's `config.meta` options (a frozen dataclass registered in `METHODS`)."""
 

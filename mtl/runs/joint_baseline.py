@@ -44,7 +44,7 @@ def experiment(p) -> Experiment:
     """The pooled-training Experiment of meta pieces `p` (`mtl.runs.meta.Pieces`)."""
     from mtl.runs.meta import EpisodeBatches  # the meta run's episode source
 
-    config, built, b, m = p.config, p.built, p.config.baseline, p.config.meta
+    config, built, b = p.config, p.built, p.config.baseline
     joint_config = copy.deepcopy(config)
     joint_config.num_steps = int(b.steps)
     tx = optax.adam(float(b.learning_rate))
@@ -58,10 +58,7 @@ def experiment(p) -> Experiment:
         params = optax.apply_updates(state.params, updates)
         return state.advanced(params, updates, loss, opt_state=opt_state), {"loss": loss}
 
-    source = EpisodeBatches(
-        p.family, "train", config.seed + 1, int(m.meta_batch), int(m.ways), int(m.shots),
-        int(m.queries),
-    )  # fmt: skip
+    source = EpisodeBatches.training(config, p.family, config.seed + 1)
     return Experiment(
         config=joint_config,
         init=lambda: TrainState.create(

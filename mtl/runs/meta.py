@@ -16,23 +16,26 @@ joint baseline (a run of its own in `<workdir>/joint`, `mtl.runs.joint_baseline`
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from typing import Any
 
 import jax
 import ml_collections
 import optax
+import orbax.checkpoint as ocp
 from jax.sharding import PartitionSpec as P
 
-from mtl import optim, parallel
+from mtl import checkpoint, optim, parallel
 from mtl.errors import ConfigError
 from mtl.meta import evaluate, families, methods
 from mtl.meta import model as mm
+from mtl.meta.learner import Learner
 from mtl.models import TRUNKS
 from mtl.runs import joint_baseline, meta_eval
 from mtl.train.experiment import EvalContext, Evaluator, Experiment, Result
 from mtl.train.loop import run
-from mtl.train.state import TrainState
+from mtl.train.state import TrainState, template
 
 # Config fields that define what the checkpoints in a workdir hold.
 GUARDED = ("model", "meta", "optimizer")
@@ -95,6 +98,14 @@ class EpisodeBatches:
     ways: int
     shots: int
     queries: int
+
+    @classmethod
+    def training(cls, config: ml_collections.ConfigDict, family, seed: int) -> EpisodeBatches:
+        """Meta-batches of meta-training episodes as `config.meta` sets them."""
+        m = config.meta
+        return cls(
+            family, "train", seed, int(m.meta_batch), int(m.ways), int(m.shots), int(m.queries)
+        )
 
     def __call__(self, step: int, rows: slice) -> PyTree:
         episodes = self.family.sample(
@@ -184,10 +195,7 @@ def pieces(config: ml_collections.ConfigDict) -> Pieces:
 def experiment(p: Pieces) -> Experiment:
     """The meta-learning Experiment, with its `val` and `meta_test` evaluators."""
     config, built, m = p.config, p.built, p.config.meta
-    source = EpisodeBatches(
-        p.family, "train", config.seed, int(m.meta_batch), int(m.ways), int(m.shots),
-        int(m.queries),
-    )  # fmt: skip
+    source = EpisodeBatches.training(config, p.family, config.seed)
     metric = meta_eval.metric_name(built.kind)
     step = make_train_step(built.learner, built.optimizer, p.mesh, int(m.ways), metric)
     return Experiment(
@@ -278,8 +286,37 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Result:
     return dataclasses.replace(result, metrics={"meta_test": results})
 
 
+def load_learner(workdir: str, *, step: int | None = None) -> Learner:
+    """The learner of a `launch.train` meta-learning workdir, from its config.json and newest
+    (or `step`'s) checkpoint, restored into the same state template training uses. The data
+    set is not loaded: only what its inputs look like (for the preprocessing).
+
+        learner = load_learner("/tmp/omniglot_maml")
+        labels = learner.adapt(support_x, support_y, steps=10).predict(query_x)
+    """
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{workdir} has no config.json: is it a launch.train workdir?")
+    with open(path) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    if config.get("trainer") != "meta":
+        raise ConfigError(f"{workdir} holds a {config.get('trainer')!r} run, not a meta-learner.")
+    kind, input_shape, preprocess = families.describe(config.data)
+    built = build_learner(config, kind, input_shape)
+    abstract = template(lambda: built.init(config.seed))
+    manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"), every=1, keep=1)
+    try:
+        chosen = manager.latest_step() if step is None else step
+        if chosen is None:
+            raise FileNotFoundError(f"{workdir}/checkpoints holds no checkpoint yet.")
+        state = manager.restore(chosen, args=ocp.args.StandardRestore(abstract))
+    finally:
+        manager.close()
+    return Learner(
+        config, built.learner, state.params, state.model_state, kind, preprocess, int(chosen)
+    )
+
+
 def load_state(workdir: str) -> dict:
     """The newest checkpoint of a meta-learning workdir as host arrays (no template needed)."""
-    from mtl import checkpoint
-
     return checkpoint.read_on_host(os.path.join(workdir, "checkpoints"))

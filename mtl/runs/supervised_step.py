@@ -59,6 +59,56 @@ class Steps(NamedTuple):
     objective: Any = None
 
 
+def default_task_loss(task: Task, outputs: jax.Array, batch: PyTree) -> jax.Array:
+    """The task's own loss on its labels and mask."""
+    return task.loss_fn(outputs, batch["labels"][task.label], batch["masks"][task.label])
+
+
+def make_objective(
+    trunk: PureModule,
+    heads: dict[str, PureModule],
+    tasks: tuple[Task, ...],
+    task_loss: Any,
+    per_task_batch: bool,
+):
+    """`(params, model_state, batch, train) -> TaskObjective`: the trunk's representation and
+    the per-task losses, as the weighting methods take them (see `make_steps`)."""
+
+    def objective(params, model_state, batch, train: bool) -> TaskObjective:
+        def representation(shared):
+            return trunk.apply(shared, model_state["trunk"], batch["inputs"], train=train)
+
+        def task_losses(task_params, z):
+            outputs = {t.name: heads[t.name].apply(task_params[t.name], {}, z)[0] for t in tasks}
+            losses = jnp.stack([task_loss(t, outputs[t.name], batch) for t in tasks])
+            return losses, outputs
+
+        if not (per_task_batch and train):
+            return TaskObjective(params["trunk"], params["heads"], representation, task_losses)
+        per_group = lambda axis: grouped_representation(trunk, len(tasks), model_state, batch, axis)
+        return TaskObjective(
+            params["trunk"], params["heads"], per_group(None), task_losses, per_group(0)
+        )
+
+    return objective
+
+
+def grouped_representation(trunk: PureModule, groups: int, model_state, batch, shared_axis):
+    """The trunk on each task's group of rows; `shared_axis` 0: one copy of the shared
+    parameters per group (the per-task gradients), None: one copy for all."""
+
+    def apply(shared):
+        inputs = jax.tree.map(lambda a: a.reshape(groups, -1, *a.shape[1:]), batch["inputs"])
+        z, state = jax.vmap(
+            lambda p, x, g: trunk.apply(p, group_rngs(model_state["trunk"], g), x, train=True),
+            in_axes=(shared_axis, 0, 0),
+        )(shared, inputs, jnp.arange(groups))
+        z = jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), z)
+        return z, merge_groups(state, model_state["trunk"])
+
+    return apply
+
+
 def make_steps(
     model: MultiTaskModel,
     tasks: Sequence[Task],
@@ -79,10 +129,7 @@ def make_steps(
     task, no task's loss depends on another task's rows, and the per-task-gradient methods
     get all T gradients from one backward pass. Evaluation is unchanged (running statistics).
     """
-    if task_loss is None:
-        task_loss = lambda t, out, batch: t.loss_fn(  # noqa: E731
-            out, batch["labels"][t.label], batch["masks"][t.label]
-        )
+    task_loss = default_task_loss if task_loss is None else task_loss
     trunk, trunk_params, trunk_state = PureModule.split(model.trunk)
     heads = {}
     head_params = {}
@@ -100,39 +147,27 @@ def make_steps(
             method_state=weighting.init(len(tasks)),
         )
 
-    def objective(params, model_state, batch, train: bool) -> TaskObjective:
-        def representation(shared):
-            return trunk.apply(shared, model_state["trunk"], batch["inputs"], train=train)
+    objective = make_objective(trunk, heads, tasks, task_loss, per_task_batch)
 
-        def task_losses(task_params, z):
-            outputs = {t.name: heads[t.name].apply(task_params[t.name], {}, z)[0] for t in tasks}
-            losses = jnp.stack([task_loss(t, outputs[t.name], batch) for t in tasks])
-            return losses, outputs
+    train_step = make_train_step(objective, weighting, optimizer, tasks)
 
-        if not (per_task_batch and train):
-            return TaskObjective(params["trunk"], params["heads"], representation, task_losses)
+    def eval_step(state: TrainState, batch: PyTree) -> dict[str, dict[str, jax.Array]]:
+        obj = objective(state.params, state.model_state, batch, train=False)
+        z, _ = obj.representation(obj.shared)
+        _, outputs = obj.task_losses(obj.task_specific, z)
+        return {
+            t.name: t.metric_sums(
+                outputs[t.name], batch["labels"][t.label], batch["masks"][t.label]
+            )
+            for t in tasks
+        }
 
-        def per_group(shared_axis):
-            """The trunk on each task's group of rows; `shared_axis` 0: one copy per group."""
+    return Steps(init, train_step, eval_step, objective)
 
-            def apply(shared):
-                inputs = jax.tree.map(
-                    lambda a: a.reshape(len(tasks), -1, *a.shape[1:]), batch["inputs"]
-                )
-                z, state = jax.vmap(
-                    lambda p, x, g: trunk.apply(
-                        p, group_rngs(model_state["trunk"], g), x, train=True
-                    ),
-                    in_axes=(shared_axis, 0, 0),
-                )(shared, inputs, jnp.arange(len(tasks)))
-                z = jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), z)
-                return z, merge_groups(state, model_state["trunk"])
 
-            return apply
-
-        return TaskObjective(
-            params["trunk"], params["heads"], per_group(None), task_losses, per_group(0)
-        )
+def make_train_step(objective, weighting: Weighting, optimizer, tasks: tuple[Task, ...]):
+    """`(state, batch) -> (state, metrics)`: the weighting turns the objective into gradients,
+    the optimizer applies them, and the state records the first non-finite step."""
 
     def train_step(state: TrainState, batch: PyTree) -> tuple[TrainState, dict[str, jax.Array]]:
         rng = jax.random.fold_in(state.rng, state.step)
@@ -158,18 +193,7 @@ def make_steps(
         )
         return new_state, step_metrics(tasks, update, batch)
 
-    def eval_step(state: TrainState, batch: PyTree) -> dict[str, dict[str, jax.Array]]:
-        obj = objective(state.params, state.model_state, batch, train=False)
-        z, _ = obj.representation(obj.shared)
-        _, outputs = obj.task_losses(obj.task_specific, z)
-        return {
-            t.name: t.metric_sums(
-                outputs[t.name], batch["labels"][t.label], batch["masks"][t.label]
-            )
-            for t in tasks
-        }
-
-    return Steps(init, train_step, eval_step, objective)
+    return train_step
 
 
 def step_metrics(tasks: Sequence[Task], update: Any, batch: PyTree) -> dict[str, jax.Array]:

@@ -60,44 +60,62 @@ def gradnorm(alpha: float = 1.5, lr: float = 0.025, wrt: str = "shared") -> base
         objective: base.TaskObjective, state: GradNormState, rng: jax.Array
     ) -> tuple[base.Update, GradNormState]:
         del rng
-        num_tasks = state.logits.shape[0]
-        weights = num_tasks * jax.nn.softmax(state.logits)
-        # Under jit XLA shares one forward pass between the helpers below and drops the parts
-        # of their backward passes that go unused (checked with `cost_analysis`: wrt="shared"
-        # costs what `per_task_shared_grads` alone costs).
-        if wrt == "shared":
-            shared_grads, _, _ = base.per_task_shared_grads(objective)
-            leaves = jax.tree_util.tree_leaves(shared_grads)
-            norms = jnp.sqrt(sum(jnp.square(_norms(g)) for g in leaves))
-            update = base.weighted_update(objective, weights)
-            # sum_t w_t g_t from the per-task gradients at hand: no second trunk backward pass.
-            combined = jax.tree.map(
-                lambda g: jnp.tensordot(weights, g, axes=1).astype(g.dtype), shared_grads
-            )
-            update = update._replace(shared_grads=combined)
-        else:
-            z_grads, _ = base.representation_grads(objective)
-            # As LibMTL's rep_grad mode: sum the gradient over the batch axis of z first.
-            norms = _norms(jnp.sum(z_grads, axis=1))
-            update = base.weighted_update(objective, weights)
-        norms = jax.lax.stop_gradient(norms)
-
-        losses = jax.lax.stop_gradient(update.losses).astype(jnp.float32)
-        initial_losses = jnp.where(state.step == 0, losses, state.initial_losses)
-        ratios = losses / initial_losses
-        relative = ratios / jnp.mean(ratios)
-
-        def grad_loss(logits: jax.Array) -> jax.Array:
-            # G_t = ||grad (w_t L_t)|| = w_t ||grad L_t|| since w_t > 0.
-            g = num_tasks * jax.nn.softmax(logits) * norms
-            target = jax.lax.stop_gradient(jnp.mean(g) * relative**alpha)
-            return jnp.sum(jnp.abs(g - target))
-
-        logit_grads = jax.grad(grad_loss)(state.logits)
-        steps, opt_state = opt.update(logit_grads, state.opt_state, state.logits)
-        state = GradNormState(
-            optax.apply_updates(state.logits, steps), opt_state, initial_losses, state.step + 1
-        )
-        return update, state
+        weights = state.logits.shape[0] * jax.nn.softmax(state.logits)
+        update, norms = _weighted_update_and_norms(objective, weights, wrt)
+        return update, _logits_step(state, update.losses, norms, alpha, opt)
 
     return base.Weighting(init, update)
+
+
+def _weighted_update_and_norms(
+    objective: base.TaskObjective, weights: jax.Array, wrt: str
+) -> tuple[base.Update, jax.Array]:
+    """The update of `sum_t w_t L_t` and the per-task gradient norms `||grad L_t||` ([T]),
+    taken as `wrt` says; the norms carry no gradient."""
+    # Under jit XLA shares one forward pass between the helpers below and drops the parts
+    # of their backward passes that go unused (checked with `cost_analysis`: wrt="shared"
+    # costs what `per_task_shared_grads` alone costs).
+    if wrt == "shared":
+        shared_grads, _, _ = base.per_task_shared_grads(objective)
+        leaves = jax.tree_util.tree_leaves(shared_grads)
+        norms = jnp.sqrt(sum(jnp.square(_norms(g)) for g in leaves))
+        update = base.weighted_update(objective, weights)
+        # sum_t w_t g_t from the per-task gradients at hand: no second trunk backward pass.
+        combined = jax.tree.map(
+            lambda g: jnp.tensordot(weights, g, axes=1).astype(g.dtype), shared_grads
+        )
+        update = update._replace(shared_grads=combined)
+    else:
+        z_grads, _ = base.representation_grads(objective)
+        # As LibMTL's rep_grad mode: sum the gradient over the batch axis of z first.
+        norms = _norms(jnp.sum(z_grads, axis=1))
+        update = base.weighted_update(objective, weights)
+    return update, jax.lax.stop_gradient(norms)
+
+
+def _grad_loss(logits: jax.Array, norms: jax.Array, relative: jax.Array, alpha: float) -> jax.Array:
+    """`L_grad = sum_t |G_t - mean(G) * r_t^alpha|`, the target held constant."""
+    # G_t = ||grad (w_t L_t)|| = w_t ||grad L_t|| since w_t > 0.
+    g = logits.shape[0] * jax.nn.softmax(logits) * norms
+    target = jax.lax.stop_gradient(jnp.mean(g) * relative**alpha)
+    return jnp.sum(jnp.abs(g - target))
+
+
+def _logits_step(
+    state: GradNormState,
+    losses: jax.Array,
+    norms: jax.Array,
+    alpha: float,
+    opt: optax.GradientTransformation,
+) -> GradNormState:
+    """The state after one `opt` step of the logits on `L_grad`; the first step's `losses`
+    become `L(0)`."""
+    losses = jax.lax.stop_gradient(losses).astype(jnp.float32)
+    initial_losses = jnp.where(state.step == 0, losses, state.initial_losses)
+    ratios = losses / initial_losses
+    relative = ratios / jnp.mean(ratios)
+    logit_grads = jax.grad(_grad_loss)(state.logits, norms, relative, alpha)
+    steps, opt_state = opt.update(logit_grads, state.opt_state, state.logits)
+    return GradNormState(
+        optax.apply_updates(state.logits, steps), opt_state, initial_losses, state.step + 1
+    )
