@@ -1,7 +1,8 @@
 """Runs every fault a long run can meet, on real `launch.train` processes, and tabulates what
 the user saw and what survived. The table in docs/faults.md is its output.
 
-    .venv/bin/python -m scripts.fault_table --data_dir=../shared/data/omniglot --readme=docs/faults.md
+    .venv/bin/python -m scripts.fault_table --data_dir=../shared/data/omniglot \
+        --readme=docs/faults.md
 
 Each fault runs in its own workdir under `--root` (a fresh temporary folder by default) on a
 small Omniglot model (conv4, 8 filters); the wrong-shaped weight goes through `launch.convert`

@@ -11,6 +11,7 @@ import pytest
 
 from configs import senteval_sequential
 from mtl.errors import ConfigError
+from mtl import checkpoint
 from mtl.runs import get_trainer, sequential
 from mtl.transfer import ewc
 from tests.conftest import TINY_BERT

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 import jax
 from flax import nnx
 
-from mtl.registry import Registry
 from mtl.models.gradient_reversal import gradient_reversal
+from mtl.registry import Registry
 
 HEADS: Registry = Registry("head")
 
@@ -46,10 +46,11 @@ class DenseHead(nnx.Module):
 
 class GradientReversalHead(DenseHead):
     """A classification head that reads the representation through a gradient-reversal layer
-    (`mtl.models.gradient_reversal`): the head learns to classify, while the trunk below it receives the
-    negated gradient, times `reversal_scale`, and so learns to defeat it. Domain-adversarial
-    training (`trainer="dann"`) uses it as the domain classifier. Same parameters as
-    `DenseHead`; `reversal_scale` is a static attribute the trainer sets before compiling."""
+    (`mtl.models.gradient_reversal`): the head learns to classify, while the trunk below it
+    receives the negated gradient, times `reversal_scale`, and so learns to defeat it.
+    Domain-adversarial training (`trainer="dann"`) uses it as the domain classifier. Same
+    parameters as `DenseHead`; `reversal_scale` is a static attribute the trainer sets before
+    compiling."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -119,8 +119,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Result:
     parts = supervised.parts(run_config, data=domains)
     parts.model.heads[DOMAIN].reversal_scale = scale  # static: set before the steps are made
     steps = parts.steps()
+    # The source head alone on the target's examples (they have no domain labels).
+    source_only = dataclasses.replace(
+        parts, tasks=tuple(t for t in parts.tasks if t.name == source)
+    )
     on_target = evaluators.dataset_metrics(
-        "target", steps.eval_step, target_as_source(data.test, source, target),
+        "target", source_only.steps().eval_step, target_as_source(data.test, source, target),
         run_config.eval_batch_size, batches.trim_text(int(run_config.get("pad_to_multiple", 0))),
     )  # fmt: skip
     result = run(supervised.experiment(parts, steps).add_evaluators(on_target), workdir)

@@ -73,18 +73,13 @@ def check_family(config, family, kind: str) -> list[meta_eval.Setting]:
     settings = meta_eval.settings(config, kind)
     for s in settings:
         family.check("test", s.ways, s.shots, s.queries)
-        if kind == "classification" and s.ways != m.ways and not _head_per_episode(m):
+        if kind == "classification" and s.ways != m.ways and not methods.head_per_episode(m):
             raise ConfigError(
                 f"eval.ways includes {s.ways}, but the head is meta-learned for meta.ways={m.ways}"
                 f" classes. Evaluate with {m.ways} ways, or train a head that is built per "
                 "episode: --config.meta.head_init=zero or proto (or use ProtoNets)."
             )
     return settings
-
-
-def _head_per_episode(meta_config) -> bool:
-    """Whether the learner builds its head per episode (so any number of ways works)."""
-    return meta_config.method == "protonets" or meta_config.get("head_init") != "learned"
 
 
 @dataclasses.dataclass(frozen=True)
