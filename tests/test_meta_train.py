@@ -79,7 +79,9 @@ def test_eight_devices_give_the_one_device_meta_gradient():
     out = []
     for devices in (1, 8):
         mesh = parallel.make_mesh({"data": devices})
-        step = jax.jit(meta_train.make_train_step(learner, optax.sgd(1.0), mesh, ways=1, metric="mse"))
+        step = jax.jit(
+            meta_train.make_train_step(learner, optax.sgd(1.0), mesh, ways=1, metric="mse")
+        )
         sharded = parallel.to_global(batch, parallel.batch_sharding(mesh))
         if devices == 8:
             assert sharded["query"]["x"].addressable_shards[0].data.shape[0] == 1

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from configs import senteval_sequential
-from mtl.errors import ConfigError
 from mtl import checkpoint
+from mtl.errors import ConfigError
 from mtl.runs import get_trainer, sequential
 from mtl.transfer import ewc
 from tests.conftest import TINY_BERT

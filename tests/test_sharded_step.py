@@ -19,7 +19,7 @@ def _run(mesh: Mesh, num_steps: int = 3):
     tasks = toy_tasks()
     model = build_model(config, tasks, (8, 8, 1), seed=0)
     steps = make_steps(model, tasks, optax.adam(1e-2), sum_of_losses(), seed=0)
-    compiled = loop.compile_steps(steps.init, steps.train_step, mesh, rules=())  # what the trainers run
+    compiled = loop.compile_steps(steps.init, steps.train_step, mesh, rules=())
     state = compiled.init()
     history = []
     for step in range(num_steps):

@@ -57,7 +57,7 @@ def _train(mesh_config: dict, preset: str = "", num_steps: int = 3):
     mesh = parallel.make_mesh(mesh_config)
     steps = _steps()
     rules = sharding.config_rules({"sharding": {"preset": preset}})
-    compiled = loop.compile_steps(steps.init, steps.train_step, mesh, rules)  # what the trainers run
+    compiled = loop.compile_steps(steps.init, steps.train_step, mesh, rules)
     state = compiled.init()
     losses = []
     for step in range(num_steps):

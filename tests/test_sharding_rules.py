@@ -28,7 +28,7 @@ def _train(trunk: str, mesh_config: dict, rules=(), num_steps: int = 3):
     """`num_steps` steps under `rules`; returns the final state (on devices) and the metrics."""
     mesh = parallel.make_mesh(mesh_config)
     steps = _steps(trunk)
-    compiled = loop.compile_steps(steps.init, steps.train_step, mesh, rules)  # what the trainers run
+    compiled = loop.compile_steps(steps.init, steps.train_step, mesh, rules)
     state = compiled.init()
     history = []
     for step in range(num_steps):
