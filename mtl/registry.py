@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Generic, TypeVar
@@ -16,7 +17,9 @@ T = TypeVar("T", bound=Callable[..., Any])
 class Registry(Generic[T]):
     """A table of named factories with clear errors for unknown names and arguments.
 
-    `@REGISTRY.register("name")` adds a factory; `REGISTRY.get("name")` returns it or raises a
+    `@REGISTRY.register("name")` adds a factory, `REGISTRY.register_lazy("name", "module:attr")`
+    one imported on first use (so a run loads only its own code); `REGISTRY.get("name")`
+    returns it or raises a
     `ConfigError` that lists the known names and suggests the closest one. Factories take their
     options as keyword arguments with defaults, which `default_config` turns into a config block
     so that every option can be overridden from the command line.
@@ -35,10 +38,20 @@ class Registry(Generic[T]):
 
         return add
 
+    def register_lazy(self, name: str, target: str) -> None:
+        """`target` ("package.module:attribute") is imported when `name` is first asked for."""
+        if name in self._table:
+            raise ValueError(f"{self.kind} {name!r} is registered twice.")
+        self._table[name] = target  # type: ignore[assignment]
+
     def get(self, name: str, field: str | None = None) -> T:
         if name not in self._table:
             raise unknown_name(self.kind, name, self._table, field)
-        return self._table[name]
+        entry = self._table[name]
+        if isinstance(entry, str):
+            module, attribute = entry.split(":")
+            entry = self._table[name] = getattr(importlib.import_module(module), attribute)
+        return entry
 
     def options(self, name: str, skip: tuple[str, ...] = ()) -> dict[str, Any]:
         """The keyword options of factory `name` with their defaults (minus `skip`)."""

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
+import numpy as np
+
 from mtl.data.arrays import ArrayDataset
 from mtl.registry import Registry
 
@@ -29,6 +31,7 @@ def omniglot_alphabets(
     image_size: int = 28,
     test_drawers: Sequence[int] = (16, 17, 18, 19, 20),
     rotation: bool = False,
+    target_domain: str = "",
 ) -> MultiTaskData:
     """Omniglot with one task per alphabet: classify the character within the alphabet.
 
@@ -41,8 +44,15 @@ def omniglot_alphabets(
       test_drawers: the drawers (1..20) whose drawings form the test set.
       rotation: add the self-supervised rotation-prediction task (label field "rotation",
         see `mtl.data.rotation`) to both splits.
+      target_domain: "" (none), or "negative", "noisy" or "shifted": add a transformed copy of
+        every image labelled under `<alphabet>_<domain>` (see `mtl.data.omniglot_domains`; a
+        DANN run's target).
     """
     from mtl.data import omniglot  # imports TensorFlow: only when this source is used
+    from mtl.data import omniglot_domains
+
+    if target_domain:
+        omniglot_domains.transform(np.zeros((1, 1, 1, 1), np.float32), target_domain)  # checked
 
     images = omniglot.load_omniglot(
         omniglot.resolve_data_dir(data_dir),
@@ -55,6 +65,9 @@ def omniglot_alphabets(
         from mtl.data.rotation import add_rotation_task
 
         train, test = add_rotation_task(train, seed=0), add_rotation_task(test, seed=1)
+    if target_domain:
+        train = omniglot_domains.add_target_domain(train, target_domain, seed=0)
+        test = omniglot_domains.add_target_domain(test, target_domain, seed=1)
     return MultiTaskData(train, test)
 
 

@@ -12,17 +12,18 @@ several, and `config.trainer` picks one by name.
 | `distill` | `distillation` | supervised student, a finished run as the teacher |
 | `sequential` | `sequential` | supervised phases, trunk passed on, optional EWC |
 | `dann` | `domain_adversarial` | supervised with a gradient-reversed domain head |
+| `progressive` | `progressive` | one new column per task, earlier columns frozen (laterals) |
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 
-from mtl.errors import unknown_name
+from mtl.registry import Registry
 
-# trainer name -> "module:function"; imported on use so a run loads only its own code.
-TRAINERS: dict[str, str] = {
+# Imported on use, so a run loads only its own code.
+TRAINERS: Registry = Registry("trainer")
+for _name, _target in {
     "supervised": "mtl.runs.supervised:train",
     "multitask": "mtl.runs.supervised:train",
     "finetune": "mtl.runs.supervised:train",
@@ -31,12 +32,11 @@ TRAINERS: dict[str, str] = {
     "distill": "mtl.runs.distillation:train",
     "sequential": "mtl.runs.sequential:train",
     "dann": "mtl.runs.domain_adversarial:train",
-}
+    "progressive": "mtl.runs.progressive:train",
+}.items():
+    TRAINERS.register_lazy(_name, _target)
 
 
 def get_trainer(name: str) -> Callable:
     """The `train(config, workdir) -> Result` function of trainer `name`."""
-    if name not in TRAINERS:
-        raise unknown_name("trainer", name, TRAINERS, field="trainer")
-    module, function = TRAINERS[name].split(":")
-    return getattr(importlib.import_module(module), function)
+    return TRAINERS.get(name, field="trainer")

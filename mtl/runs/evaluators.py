@@ -1,8 +1,9 @@
 """Evaluators of supervised runs: per-task test metrics (`results.json`) and the fine-tuning
 report (`finetune.json`). Each writes its own records; the loop only calls them.
 
-The config may set an evaluator's schedule (big_vision's `evals`): `config.evals.test.every`
-evaluates the test set every that many steps as well as at the end (0: at the end only).
+The config may set any evaluator's schedule (big_vision's `evals`, see
+`Experiment.scheduled`): `--config.evals.test.every=500` evaluates the test set every 500 steps
+as well as at the end (0: at the end only).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
-import ml_collections
 from absl import logging
 from etils import epath
 from jax.sharding import NamedSharding
@@ -25,11 +25,6 @@ from mtl.train.state import TrainState
 
 EvalStep = Callable[[TrainState, Any], Mapping[str, Mapping[str, Any]]]
 EVALUATORS: Registry = Registry("evaluator")
-
-
-def schedule(config: ml_collections.ConfigDict, name: str) -> int:
-    """`config.evals.<name>.every` (0 when not set: at the end only)."""
-    return int(((config.get("evals") or {}).get(name) or {}).get("every", 0))
 
 
 def evaluate(

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import ml_collections
 from jax.sharding import Mesh, NamedSharding
 
+from mtl.errors import ConfigError
 from mtl.logs import MetricsWriter
 from mtl.train.state import TrainState
 
@@ -110,6 +111,28 @@ class Experiment:
 
     def add_evaluators(self, *evaluators: Evaluator) -> Experiment:
         return dataclasses.replace(self, evaluators=(*self.evaluators, *evaluators))
+
+    def scheduled(self) -> Experiment:
+        """The evaluators on the schedules `config.evals.<name>.every` sets (as big_vision's
+        `evals`): e.g. `--config.evals.test.every=500` scores the test set every 500 steps as
+        well as at the end. A name no evaluator of this run has is a `ConfigError`."""
+        evals = self.config.get("evals") or {}
+        names = [e.name for e in self.evaluators]
+        unknown = sorted(set(evals) - set(names))
+        if unknown:
+            raise ConfigError(
+                f"config.evals names evaluator(s) {', '.join(unknown)} that this run does not "
+                f"have; its evaluators: {', '.join(names) or 'none'}."
+            )
+        return dataclasses.replace(
+            self,
+            evaluators=tuple(
+                dataclasses.replace(e, every=int(evals[e.name].get("every", e.every)))
+                if e.name in evals
+                else e
+                for e in self.evaluators
+            ),
+        )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -77,6 +77,7 @@ def run(experiment: Experiment, workdir: str) -> Result:
     final evaluation); the caller exits 0 and the same command resumes.
     """
     started, config = time.perf_counter(), experiment.config
+    experiment = experiment.scheduled()
     checkpoint.check_config(workdir, config, experiment.guarded)
     compiled = compile_experiment(experiment)
     manager = checkpoint.make_manager(
@@ -186,8 +187,9 @@ def log(
     scalars = {f"train/{k}": float(v) for k, v in metrics.items()}
     rate = progress.rate(step)
     shown = {label: scalars[f"train/{key}"] for label, key in experiment.progress.items()}
+    last = step == experiment.config.num_steps
     for evaluator in experiment.evaluators:
-        if evaluator.due(step):
+        if evaluator.due(step) and not (last and evaluator.final):  # the final call follows
             values = evaluator.fn(state, context)
             scalars |= {f"{evaluator.name}/{k}": float(v) for k, v in values.items()}
             shown |= {f"{evaluator.name}_{k}": float(v) for k, v in values.items()}

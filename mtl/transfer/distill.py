@@ -8,7 +8,7 @@ loss on the labels:
 
 The T^2 keeps the soft term's gradients on the scale of the hard term's as T grows (Hinton et
 al., Sec. 2). Teacher and student are any two models of the engine with the same tasks: the
-teacher's outputs are computed inside the student's train step (`mtl.train.distill`).
+teacher's outputs are computed inside the student's train step (`mtl.runs.distillation`).
 """
 
 from __future__ import annotations
