@@ -144,7 +144,7 @@ def test_two_processes_meta_train_save_resume_and_match_one_process(tmp_path):
     expected = checkpoint.read_on_host(str(one / "checkpoints"))
     actual = checkpoint.read_on_host(str(two / "checkpoints"))
     assert int(actual["step"]) == int(expected["step"]) == 6
-    jax.tree_util.tree_map(np.testing.assert_array_equal, expected["meta"], actual["meta"])
+    jax.tree_util.tree_map(np.testing.assert_array_equal, expected["params"], actual["params"])
     one_results = json.loads((one / "results.json").read_text())["test"]
     two_results = json.loads((two / "results.json").read_text())["test"]
     assert one_results == two_results  # the same 8 test episodes, split over the processes
