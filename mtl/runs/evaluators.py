@@ -27,7 +27,7 @@ EvalStep = Callable[[TrainState, Any], Mapping[str, Mapping[str, Any]]]
 EVALUATORS: Registry = Registry("evaluator")
 
 
-def evaluate(
+def mean_metrics(
     eval_step: EvalStep,
     state: TrainState,
     data: arrays.ArrayDataset,
@@ -92,7 +92,8 @@ def dataset_metrics(
             jitted["step"] = jax.jit(
                 eval_step, in_shardings=(context.state_sharding, context.data_sharding)
             )
-        results = evaluate(jitted["step"], state, data, batch_size, context.data_sharding, prepare)
+        sharding = context.data_sharding
+        results = mean_metrics(jitted["step"], state, data, batch_size, sharding, prepare)
         if not context.final:  # during training: means on the progress line and in metrics
             return {f"{m}/{t}": v for t, ms in results.items() for m, v in ms.items()
                     if m != "count"}  # fmt: skip

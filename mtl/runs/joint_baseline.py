@@ -19,7 +19,7 @@ from absl import logging
 
 from mtl import parallel
 from mtl.errors import ConfigError
-from mtl.meta import evaluate, methods
+from mtl.meta import curves, methods
 from mtl.meta.joint import pooled_loss
 from mtl.train.experiment import Experiment
 from mtl.train.loop import run
@@ -103,7 +103,7 @@ def train_and_score(p, workdir: str) -> dict[str, Any] | None:
     score = meta_eval.make_scorer(p.family, config.eval, parallel.batch_sharding(p.mesh))
     steps = int(config.eval.inner_steps)
 
-    def curves(lr: float, split: str, setting, episodes: int) -> np.ndarray:
+    def tuned_curves(lr: float, split: str, setting, episodes: int) -> np.ndarray:
         tuned = fine_tuner(config, built, lr)
         meta, mstate = tuned.init(joint, built.model_state)
         curve_step = meta_eval.make_curve_step(tuned, p.mesh, setting.ways, steps)
@@ -111,14 +111,14 @@ def train_and_score(p, workdir: str) -> dict[str, Any] | None:
 
     best_lr, best = None, np.inf
     for lr in tuple(config.baseline.finetune_lrs):
-        val = curves(lr, "val", p.settings[-1], config.eval.val_episodes)
+        val = tuned_curves(lr, "val", p.settings[-1], config.eval.val_episodes)
         val_mse = float(np.nanmean(np.where(np.isfinite(val[:, -1]), val[:, -1], np.inf)))
         logging.info("Joint baseline: fine-tuning lr %g gives val MSE %.4f.", lr, val_mse)
         if val_mse < best:
             best_lr, best = lr, val_mse
     logging.info("Joint baseline: fine-tuning with lr %g (best on meta-val).", best_lr)
     return {
-        s.name(built.kind): evaluate.summarize(curves(best_lr, "test", s, config.eval.episodes))
+        s.name(built.kind): curves.summarize(tuned_curves(best_lr, "test", s, config.eval.episodes))
         | {"finetune_lr": best_lr}
         for s in p.settings
     }

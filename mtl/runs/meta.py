@@ -28,7 +28,7 @@ from jax.sharding import PartitionSpec as P
 
 from mtl import checkpoint, optim, parallel
 from mtl.errors import ConfigError
-from mtl.meta import evaluate, families, methods
+from mtl.meta import curves, families, methods
 from mtl.meta import model as mm
 from mtl.meta.learner import Learner
 from mtl.models import TRUNKS
@@ -254,7 +254,7 @@ def test_evaluator(config, built: Built, family, mesh, settings) -> Evaluator:
             per_episode = score(
                 curve_step, state.params, state.model_state, "test", s, config.eval.episodes
             )
-            out[s.name(built.kind)] = evaluate.summarize(per_episode)
+            out[s.name(built.kind)] = curves.summarize(per_episode)
         return out
 
     return Evaluator("meta_test", fn)
@@ -270,14 +270,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Result:
     step, m = int(result.state.step), config.meta
     results = {"step": step, "method": m.method, "metric": meta_eval.metric_name(p.built.kind)}
     results["test"] = result.metrics["meta_test"]
-    curves = {f"{m.method} {name}": c for name, c in results["test"].items()}
+    labelled = {f"{m.method} {name}": c for name, c in results["test"].items()}
     if joint_baseline.enabled(config):
         baseline = joint_baseline.train_and_score(p, os.path.join(workdir, "joint"))
         if baseline is None:  # stopped: the same command resumes the baseline's run
             return dataclasses.replace(result, stopped=True)
         results["baseline"] = baseline
-        curves |= {f"pretrained {name}": summary for name, summary in baseline.items()}
-    meta_eval.report(results, curves, workdir, step)
+        labelled |= {f"pretrained {name}": summary for name, summary in baseline.items()}
+    meta_eval.report(results, labelled, workdir, step)
     return dataclasses.replace(result, metrics={"meta_test": results})
 
 

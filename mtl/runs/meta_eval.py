@@ -23,7 +23,7 @@ from jax.sharding import PartitionSpec as P
 
 from mtl import parallel
 from mtl.logs import MetricsWriter
-from mtl.meta import evaluate
+from mtl.meta import curves
 
 PyTree = Any
 
@@ -37,7 +37,7 @@ class Setting:
     queries: int
 
     def name(self, kind: str) -> str:
-        return evaluate.setting_name(self.ways, self.shots, kind)
+        return curves.setting_name(self.ways, self.shots, kind)
 
 
 def metric_name(kind: str) -> str:
@@ -89,18 +89,18 @@ def make_scorer(family, eval_config: ml_collections.ConfigDict, sharding: NamedS
             return parallel.to_global(local, sharding, batch)
 
         step = lambda b: jax.device_get(curve_step(meta, model_state, b))
-        return evaluate.episode_curves(step, sample, int(episodes), batch)
+        return curves.episode_curves(step, sample, int(episodes), batch)
 
     return score
 
 
-def report(results: dict, curves: dict, workdir: str, step: int) -> None:
+def report(results: dict, labelled: dict, workdir: str, step: int) -> None:
     """Logs the test table, writes metrics, results.json and the adaptation-curve PNG."""
     metric = results["metric"]
     scale, unit = (100.0, "%") if metric == "accuracy" else (1.0, "")
     lines = [f"Test {metric} (mean +- 95% CI over episodes) after 0..n inner steps:"]
     scalars = {}
-    for label, c in curves.items():
+    for label, c in labelled.items():
         final = f"{c['mean'][-1] * scale:.2f}{unit} +- {c['ci95'][-1] * scale:.2f}{unit}"
         curve = " ".join(f"{v * scale:.3g}" for v in c["mean"])
         lines.append(f"  {label:<28s} final {final}  (curve: {curve}; n={c['episodes']})")
@@ -116,8 +116,8 @@ def report(results: dict, curves: dict, workdir: str, step: int) -> None:
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "results.json"), "w") as f:
             json.dump(results, f, indent=2)
-        evaluate.plot_curves(
-            curves,
+        curves.plot_curves(
+            labelled,
             os.path.join(workdir, "adaptation.png"),
             ylabel=f"query {metric}",
             title=f"{results['method']}: meta-test {metric} after adaptation",

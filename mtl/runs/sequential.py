@@ -210,7 +210,7 @@ def _final_metrics(config, data, carried: Carried) -> dict:
         params={"trunk": carried.trunk, "heads": carried.heads}, model_state=carried.model_state
     )
     mesh = parallel.make_mesh(config.get("mesh"))
-    return evaluators.evaluate(
+    return evaluators.mean_metrics(
         jax.jit(steps.eval_step), state, batches.sorted_by_length(data.test),
         config.eval_batch_size, parallel.batch_sharding(mesh),
         batches.trim_text(int(config.get("pad_to_multiple", 0))),
