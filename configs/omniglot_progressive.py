@@ -5,11 +5,11 @@
 
 `--config=configs/omniglot_progressive.py:Greek,Latin` picks the alphabets, in order (one per
 phase and column). Columns are MLPs of widths `progressive.hidden` on the flattened images,
-with lateral connections from every earlier column (see `mtl/runs/progressive.py`).
+with lateral connections from every earlier column (see `mtl/runs/progressive_networks.py`).
 """
 
 from configs import omniglot_mtl
-from mtl.runs.progressive import default_config as progressive_config
+from mtl.runs.progressive_networks import default_config as progressive_config
 
 DEFAULT = "Japanese_(katakana),Sanskrit"
 

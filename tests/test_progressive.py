@@ -12,7 +12,7 @@ from configs import omniglot_progressive
 from mtl import checkpoint, preemption
 from mtl.errors import ConfigError
 from mtl.runs import get_trainer
-from mtl.runs import progressive as trainer
+from mtl.runs import progressive_networks as trainer
 
 
 def tiny_config(omniglot_dir, omniglot_tfds_dir, alphabets="Greek,Latin"):

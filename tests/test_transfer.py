@@ -157,26 +157,117 @@ def test_rotation_task_labels():
         add_rotation_task({**data, "inputs": rng.random((5, 6, 4, 1))})
 
 
-def test_fit_and_accuracy_on_a_separable_toy():
-    from mtl.train.transfer import accuracy, fit
+def toy_supervised_config(num_steps: int):
+    """A one-task supervised config (tiny MLP trunk) for data handed to `supervised.parts`."""
+    import ml_collections
+
+    from mtl import optim
+    from mtl.models import default_config as model_config
+    from mtl.weighting import default_config as weighting_config
+
+    config = ml_collections.ConfigDict()
+    config.update(trainer="supervised", seed=0, num_steps=num_steps, batch_size=24)
+    config.update(eval_batch_size=64, log_every=1)
+    config.data = ml_collections.ConfigDict(dict(name="omniglot_alphabets"))  # never loaded
+    config.model = model_config()
+    config.model.trunk = "mlp"
+    config.model.mlp.hidden = (16,)
+    config.tasks = ml_collections.ConfigDict(
+        {"t": dict(head="classification", num_outputs=2, metrics=("accuracy",))}
+    )
+    config.weighting = weighting_config()
+    config.optimizer = optim.default_config()
+    config.optimizer.learning_rate = 0.05
+    config.checkpoint = ml_collections.ConfigDict(dict(every=1000, keep=1))
+    return config
+
+
+def test_engine_run_learns_a_separable_toy_reproducibly(tmp_path):
+    """What the transfer experiments' private `fit` loop once promised, from the engine's one
+    loop: a supervised run learns a separable toy, and batches depend only on (seed, step)."""
+    import json
+
+    from mtl import checkpoint
+    from mtl.data.sources import MultiTaskData
+    from mtl.runs import supervised
+    from mtl.train.loop import run
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(200, 4)).astype(np.float32)
     y = (x[:, 0] + x[:, 1] > 0).astype(np.int32)
-    params = {"w": jnp.zeros((4, 2)), "b": jnp.zeros(2)}
+    data = {"inputs": x, "labels": {"t": y}, "masks": {"t": np.ones(200, bool)}}
+    config = toy_supervised_config(num_steps=150)
 
-    def loss(p, s, batch, i):
-        logits = batch["inputs"] @ p["w"] + p["b"]
-        return jnp.mean(-jax.nn.log_softmax(logits)[jnp.arange(len(logits)), batch["labels"]]), s
+    def trained(workdir):
+        parts = supervised.parts(config, data=MultiTaskData(data, data))
+        return run(supervised.experiment(parts), str(workdir))
 
-    data = {"inputs": x, "labels": y}
-    trained, _, losses = fit(
-        loss, params, {}, data, num_steps=150, batch_size=20, learning_rate=0.05
+    result = trained(tmp_path / "a")
+    assert result["test"]["t"]["accuracy"] > 0.95
+    lines = [json.loads(v) for v in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    losses = [v["train/loss/t"] for v in lines if "train/loss/t" in v]
+    assert len(losses) == 150 and losses[-1] < 0.5 * losses[0]
+    trained(tmp_path / "b")
+    jax.tree.map(
+        np.testing.assert_array_equal,
+        checkpoint.final_state(str(tmp_path / "a"))["params"],
+        checkpoint.final_state(str(tmp_path / "b"))["params"],
     )
-    assert losses[-1] < 0.5 * losses[0]
-    assert accuracy(lambda v: v @ trained["w"] + trained["b"], x, y, batch_size=64) > 0.95
-    again, _, _ = fit(loss, params, {}, data, num_steps=150, batch_size=20, learning_rate=0.05)
-    jax.tree.map(np.testing.assert_array_equal, trained, again)  # batches depend on (seed, step)
+
+
+def test_target_domain_copies_every_image_under_new_label_fields():
+    from mtl.data.omniglot_domains import add_target_domain, transform
+
+    rng = np.random.default_rng(0)
+    images = rng.random((5, 6, 6, 1)).astype(np.float32)
+    data = {
+        "inputs": images,
+        "labels": {"a": np.array([0, 1, -1, 2, 1], np.int32)},
+        "masks": {"a": np.array([1, 1, 0, 1, 1], bool)},
+    }
+    out = add_target_domain(data, "negative")
+    assert out["inputs"].shape == (10, 6, 6, 1)
+    np.testing.assert_array_equal(out["inputs"][5:], 1.0 - images)
+    np.testing.assert_array_equal(out["masks"]["a"], [1, 1, 0, 1, 1, 0, 0, 0, 0, 0])
+    np.testing.assert_array_equal(out["masks"]["a_negative"], [0, 0, 0, 0, 0, 1, 1, 0, 1, 1])
+    np.testing.assert_array_equal(out["labels"]["a_negative"][5:], data["labels"]["a"])
+    np.testing.assert_array_equal(transform(images, "shifted")[:, 4:, 4:], images[:, :2, :2])
+    noisy = transform(images, "noisy", seed=3)
+    np.testing.assert_array_equal(noisy, transform(images, "noisy", seed=3))
+    assert noisy.dtype == np.float32
+    with pytest.raises(ConfigError, match="target domain"):
+        transform(images, "inverted")
+    with pytest.raises(DataError, match="a_negative"):
+        add_target_domain(out, "negative")
+
+
+def test_omniglot_source_checks_its_options_before_loading():
+    from mtl.data import sources
+
+    with pytest.raises(ConfigError, match="data.target_domain"):
+        sources.omniglot_alphabets(data_dir="/nonexistent", target_domain="inverted")
+    with pytest.raises(ConfigError, match="data.pooled_tasks"):
+        sources.omniglot_alphabets(data_dir="/nonexistent", pooled_tasks=("drawer",))
+
+
+def test_pooled_tasks_label_every_image_over_all_alphabets():
+    from mtl.data.omniglot import OmniglotImages, alphabet_tasks
+
+    # Two alphabets (2 and 3 characters), two drawers each; drawer 2 is the test set.
+    alphabet = np.repeat([0, 0, 1, 1, 1], 2).astype(np.int32)
+    character = np.repeat([0, 1, 0, 1, 2], 2).astype(np.int32)
+    drawer = np.tile([1, 2], 5).astype(np.int32)
+    images = OmniglotImages(
+        np.zeros((10, 4, 4, 1), np.float32), ("A", "B"), alphabet, character, drawer
+    )
+    train, test, classes = alphabet_tasks(images, (2,), pooled=("alphabet", "character"))
+    assert classes == {"A": 2, "B": 3, "alphabet": 2, "character": 5}
+    np.testing.assert_array_equal(train["labels"]["alphabet"], [0, 0, 1, 1, 1])
+    np.testing.assert_array_equal(test["labels"]["character"], [0, 1, 2, 3, 4])
+    assert train["masks"]["alphabet"].all() and test["masks"]["character"].all()
+    np.testing.assert_array_equal(train["masks"]["A"], [1, 1, 0, 0, 0])  # unchanged
+    with pytest.raises(ConfigError, match="pooled_tasks"):
+        alphabet_tasks(images, (2,), pooled=("drawer",))
 
 
 def test_distill_step_trains_the_student_on_the_teacher_outputs():

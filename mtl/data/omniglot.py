@@ -130,19 +130,31 @@ def preprocess_omniglot(images: np.ndarray, image_size: int = 28) -> np.ndarray:
     return _to_unit(_resize(array, image_size))
 
 
+# Label fields over all alphabets that `alphabet_tasks(pooled=...)` adds, labelling every image.
+POOLED = {
+    "alphabet": "which alphabet (one class per alphabet)",
+    "character": "which character of all alphabets (one class per (alphabet, character))",
+}
+
+
 def alphabet_tasks(
-    data: OmniglotImages, test_drawers: Sequence[int]
+    data: OmniglotImages, test_drawers: Sequence[int], pooled: Sequence[str] = ()
 ) -> tuple[dict, dict, dict[str, int]]:
     """Omniglot as multi-task learning: one task per alphabet, classifying its characters.
 
     Returns `(train, test, num_classes)`. `train` and `test` are array datasets
     `{"inputs": [N, S, S, 1], "labels": {alphabet: int32 [N]}, "masks": {alphabet: bool [N]}}`;
     an image is labelled only for its own alphabet (elsewhere label -1, mask False). Images by
-    the drawers in `test_drawers` form `test`, the rest `train`.
+    the drawers in `test_drawers` form `test`, the rest `train`. `pooled` adds label fields of
+    `POOLED` that label every image: "alphabet" (its alphabet's index) and "character" (its
+    class id over all alphabets, `OmniglotImages.class_ids`).
     """
     bad = [d for d in test_drawers if not _is_drawer(d)]
     if bad:
         raise ConfigError(f"test_drawers must be drawers 1..{NUM_DRAWERS}, got {bad}.")
+    for name in pooled:
+        if name not in POOLED:
+            raise unknown_name("pooled task", name, POOLED, field="data.pooled_tasks")
     test_drawers = sorted({int(d) for d in test_drawers})
     present = set(np.unique(data.drawer).tolist())
     if present <= set(test_drawers):
@@ -158,6 +170,11 @@ def alphabet_tasks(
         labels[name] = np.where(own, data.character, -1).astype(np.int32)
         # Characters are numbered 1..n in the folders, so max + 1 is their count.
         num_classes[name] = int(data.character[own].max()) + 1 if own.any() else 0
+    everywhere = np.ones(len(data), bool)
+    for name in pooled:
+        values = data.alphabet if name == "alphabet" else data.class_ids()
+        labels[name], masks[name] = values.astype(np.int32), everywhere
+        num_classes[name] = len(data.alphabets) if name == "alphabet" else int(values.max()) + 1
 
     def subset(keep: np.ndarray) -> dict:
         return {

@@ -52,5 +52,6 @@ def add_target_domain(data: ArrayDataset, domain: str, seed: int = 0) -> ArrayDa
         m = np.asarray(data["masks"][field], bool)
         off = np.zeros_like(m)
         labels[field] = labels[f"{field}_{domain}"] = np.concatenate([y, y])
-        masks[field], masks[f"{field}_{domain}"] = np.concatenate([m, off]), np.concatenate([off, m])
+        masks[field] = np.concatenate([m, off])
+        masks[f"{field}_{domain}"] = np.concatenate([off, m])
     return {"inputs": np.concatenate([images, copies]), "labels": labels, "masks": masks}

@@ -10,9 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
-import numpy as np
-
 from mtl.data.arrays import ArrayDataset
+from mtl.errors import unknown_name
 from mtl.registry import Registry
 
 SOURCES: Registry = Registry("data set")
@@ -32,6 +31,7 @@ def omniglot_alphabets(
     test_drawers: Sequence[int] = (16, 17, 18, 19, 20),
     rotation: bool = False,
     target_domain: str = "",
+    pooled_tasks: Sequence[str] = (),
 ) -> MultiTaskData:
     """Omniglot with one task per alphabet: classify the character within the alphabet.
 
@@ -47,12 +47,21 @@ def omniglot_alphabets(
       target_domain: "" (none), or "negative", "noisy" or "shifted": add a transformed copy of
         every image labelled under `<alphabet>_<domain>` (see `mtl.data.omniglot_domains`; a
         DANN run's target).
+      pooled_tasks: label fields over all alphabets, labelling every image: "alphabet" (which
+        alphabet) and "character" (which character of all alphabets); see
+        `mtl.data.omniglot.POOLED`.
     """
-    from mtl.data import omniglot  # imports TensorFlow: only when this source is used
     from mtl.data import omniglot_domains
 
-    if target_domain:
-        omniglot_domains.transform(np.zeros((1, 1, 1, 1), np.float32), target_domain)  # checked
+    if target_domain and target_domain not in omniglot_domains.DOMAINS:  # before any loading
+        raise unknown_name(
+            "target domain", target_domain, omniglot_domains.DOMAINS, field="data.target_domain"
+        )
+    from mtl.data import omniglot  # imports TensorFlow: only when this source is used
+
+    for name in pooled_tasks:
+        if name not in omniglot.POOLED:  # before any loading
+            raise unknown_name("pooled task", name, omniglot.POOLED, field="data.pooled_tasks")
 
     images = omniglot.load_omniglot(
         omniglot.resolve_data_dir(data_dir),
@@ -60,7 +69,7 @@ def omniglot_alphabets(
         tfds_dir=tfds_dir,
         image_size=image_size,
     )
-    train, test, _ = omniglot.alphabet_tasks(images, test_drawers)
+    train, test, _ = omniglot.alphabet_tasks(images, test_drawers, tuple(pooled_tasks))
     if rotation:
         from mtl.data.rotation import add_rotation_task
 

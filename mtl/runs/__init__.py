@@ -12,7 +12,7 @@ several, and `config.trainer` picks one by name.
 | `distill` | `distillation` | supervised student, a finished run as the teacher |
 | `sequential` | `sequential` | supervised phases, trunk passed on, optional EWC |
 | `dann` | `domain_adversarial` | supervised with a gradient-reversed domain head |
-| `progressive` | `progressive` | one new column per task, earlier columns frozen (laterals) |
+| `progressive` | `progressive_networks` | one new column per task, earlier columns frozen (laterals) |
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ for _name, _target in {
     "distill": "mtl.runs.distillation:train",
     "sequential": "mtl.runs.sequential:train",
     "dann": "mtl.runs.domain_adversarial:train",
-    "progressive": "mtl.runs.progressive:train",
+    "progressive": "mtl.runs.progressive_networks:train",
 }.items():
     TRAINERS.register_lazy(_name, _target)
 

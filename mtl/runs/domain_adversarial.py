@@ -104,6 +104,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Result:
     """The DANN run; `Result.metrics["test"]` adds the source head's target test metrics."""
     source, target, scale = check(config)
     run_config = copy.deepcopy(config)
+    run_config.unlock()  # launch.train's configs are locked; this copy adds the domain task
     run_config.tasks[DOMAIN] = dict(head="domain_adversarial", num_outputs=2, label=DOMAIN)
     supervised.require_mixed(run_config)
     supervised.check(run_config)  # names, options, checkpoint (and the text tokenizer)

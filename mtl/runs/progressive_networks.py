@@ -58,7 +58,7 @@ def check(config: ml_collections.ConfigDict) -> list[Task]:
     if options is None:
         raise ConfigError(
             "trainer=progressive needs a config.progressive block "
-            "(mtl.runs.progressive.default_config())."
+            "(mtl.runs.progressive_networks.default_config())."
         )
     phases = [str(p).strip() for p in options.phases]
     if not phases:
