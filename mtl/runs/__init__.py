@@ -12,7 +12,7 @@ several, and `config.trainer` picks one by name.
 | `distill` | `distillation` | supervised student, a finished run as the teacher |
 | `sequential` | `sequential` | supervised phases, trunk passed on, optional EWC |
 | `dann` | `domain_adversarial` | supervised with a gradient-reversed domain head |
-| `progressive` | `progressive_networks` | one new column per task, earlier columns frozen (laterals) |
+| `progressive` | `progressive_networks` | a new column per task, earlier ones frozen |
 """
 
 from __future__ import annotations

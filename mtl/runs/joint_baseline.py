@@ -9,6 +9,7 @@ among `baseline.finetune_lrs`, as the paper tuned it.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Any
 
 import jax
@@ -42,7 +43,8 @@ def check(config: ml_collections.ConfigDict, kind: str) -> None:
 
 def experiment(p) -> Experiment:
     """The pooled-training Experiment of meta pieces `p` (`mtl.runs.meta.Pieces`)."""
-    from mtl.runs.meta import EpisodeBatches  # the meta run's episode source
+    from mtl.runs.meta import EpisodeBatches
+    from mtl.runs.meta import experiment as meta_experiment
 
     config, built, b = p.config, p.built, p.config.baseline
     joint_config = copy.deepcopy(config)
@@ -58,19 +60,19 @@ def experiment(p) -> Experiment:
         params = optax.apply_updates(state.params, updates)
         return state.advanced(params, updates, loss, opt_state=opt_state), {"loss": loss}
 
-    source = EpisodeBatches.training(config, p.family, config.seed + 1)
-    return Experiment(
+    # The meta run's Experiment (mesh, episode source) with the pooled objective instead.
+    return dataclasses.replace(
+        meta_experiment(p),
         config=joint_config,
         init=lambda: TrainState.create(
             built.params, built.model_state, tx, seed=config.seed, losses=("pooled",)
         ),
         train_step=train_step,
-        batches=source,
-        mesh=p.mesh,
+        batches=EpisodeBatches.training(config, p.family, config.seed + 1),
         guarded=GUARDED,
         loss_names=("pooled",),
-        loss_noun="the",
         progress={"pooled": "loss"},
+        evaluators=(),
     )
 
 

@@ -104,6 +104,39 @@ def column_sizes(config: ml_collections.ConfigDict, input_shape) -> tuple[int, .
     return (int(np.prod(input_shape)), *map(int, config.progressive.hidden))
 
 
+def column_train_step(task: Task, optimizer: optax.GradientTransformation):
+    """`(state, batch) -> (state, metrics)`: the new column (`state.params`) on `task`, the
+    earlier columns (`state.extras["columns"]`) as fixed inputs."""
+
+    def train_step(state: TrainState, batch) -> tuple[TrainState, dict[str, jax.Array]]:
+        labels, mask = batch["labels"][task.label], batch["masks"][task.label]
+
+        def loss_fn(column):
+            logits = progressive.new_column_logits(state.extras[COLUMNS], column, batch["inputs"])
+            return task.loss_fn(logits, labels, mask)
+
+        loss, grads = jax.value_and_grad(loss_fn)(state.params)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        new_state = state.advanced(params, updates, loss, opt_state=opt_state)
+        return new_state, {f"loss/{task.name}": loss}
+
+    return train_step
+
+
+def column_eval_step(tasks: Sequence[Task]):
+    """`(state, batch) -> {task: metric sums}`: task k read by column k."""
+
+    def eval_step(state: TrainState, batch) -> dict[str, dict[str, jax.Array]]:
+        outputs = progressive.forward([*state.extras[COLUMNS], state.params], batch["inputs"])
+        return {
+            t.name: t.metric_sums(logits, batch["labels"][t.label], batch["masks"][t.label])
+            for t, logits in zip(tasks, outputs, strict=True)
+        }
+
+    return eval_step
+
+
 def phase_experiment(
     config: ml_collections.ConfigDict,
     k: int,
@@ -132,38 +165,18 @@ def phase_experiment(
         del workdir
         return state.with_extras(**{COLUMNS: frozen})
 
-    def train_step(state: TrainState, batch) -> tuple[TrainState, dict[str, jax.Array]]:
-        labels, mask = batch["labels"][task.label], batch["masks"][task.label]
-
-        def loss_fn(column):
-            logits = progressive.new_column_logits(state.extras[COLUMNS], column, batch["inputs"])
-            return task.loss_fn(logits, labels, mask)
-
-        loss, grads = jax.value_and_grad(loss_fn)(state.params)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        return state.advanced(params, updates, loss, opt_state=opt_state), {
-            f"loss/{task.name}": loss
-        }
-
-    def eval_step(state: TrainState, batch) -> dict[str, dict[str, jax.Array]]:
-        outputs = progressive.forward([*state.extras[COLUMNS], state.params], batch["inputs"])
-        return {
-            t.name: t.metric_sums(logits, batch["labels"][t.label], batch["masks"][t.label])
-            for t, logits in zip(tasks[: k + 1], outputs, strict=True)
-        }
-
     mesh = parallel.make_mesh(config.get("mesh"))
     parallel.check_batch_size(config.batch_size, mesh)
     parallel.check_batch_size(config.eval_batch_size, mesh, field="eval_batch_size")
     train_data = own_examples(data.train, [task])
     test = evaluators.test_metrics(
-        eval_step, own_examples(data.test, tasks[: k + 1]), config.eval_batch_size
-    )
+        column_eval_step(tasks[: k + 1]), own_examples(data.test, tasks[: k + 1]),
+        config.eval_batch_size,
+    )  # fmt: skip
     return Experiment(
         config=config,
         init=init,
-        train_step=train_step,
+        train_step=column_train_step(task, optimizer),
         batches=batches.ArrayBatches(
             train_data,
             batches.mixed_sampler(config.seed + k, train_data, config.batch_size),
