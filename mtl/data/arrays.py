@@ -45,6 +45,12 @@ def take(data: ArrayDataset, index: np.ndarray) -> ArrayDataset:
     return jax.tree_util.tree_map(lambda a: a[index], data)
 
 
+def materialize(data: ArrayDataset) -> ArrayDataset:
+    """Host numpy arrays for every leaf: lazy columns (image files, `mtl.data.images`) are
+    decoded here, and only here."""
+    return jax.tree_util.tree_map(np.asarray, data)
+
+
 def select_fields(data: ArrayDataset, fields: Sequence[str]) -> ArrayDataset:
     """Keeps only the label fields in `fields` and drops examples labelled for none of them.
 
@@ -125,6 +131,6 @@ def eval_batches(data: ArrayDataset, batch_size: int) -> Iterator[ArrayDataset]:
     for start in range(0, n, batch_size):
         index = np.arange(start, start + batch_size)
         valid = index < n
-        batch = take(data, np.where(valid, index, 0))
+        batch = materialize(take(data, np.where(valid, index, 0)))
         batch["masks"] = {f: np.logical_and(m, valid) for f, m in batch["masks"].items()}
         yield batch

@@ -70,6 +70,6 @@ class ArrayBatches:
     def __call__(self, step: int, rows: slice) -> Any:
         index = self.sampler(step)
         if self.prepare is None:
-            return arrays.take(self.data, index[rows])
-        whole = self.prepare(arrays.take(self.data, index))
+            return arrays.materialize(arrays.take(self.data, index[rows]))
+        whole = self.prepare(arrays.materialize(arrays.take(self.data, index)))
         return jax.tree_util.tree_map(lambda a: a[rows], whole)

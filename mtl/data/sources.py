@@ -7,7 +7,7 @@ label fields the tasks of a config read.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from mtl.data.arrays import ArrayDataset
@@ -18,8 +18,16 @@ SOURCES: Registry = Registry("data set")
 
 
 class MultiTaskData(NamedTuple):
+    """Train and test array datasets; `classes` names each classification field's classes
+    (index -> name) where the source knows them (reported in results.json)."""
+
     train: ArrayDataset
     test: ArrayDataset
+    classes: Mapping[str, tuple[str, ...]] = {}
+
+    def map(self, fn: Callable[[ArrayDataset], ArrayDataset]) -> MultiTaskData:
+        """`fn` applied to both splits; the class names kept."""
+        return MultiTaskData(fn(self.train), fn(self.test), self.classes)
 
 
 @SOURCES.register("omniglot_alphabets")
@@ -119,6 +127,66 @@ def senteval(
         seed=seed,
     )
     return MultiTaskData(train, test)
+
+
+@SOURCES.register("image_folder")
+def image_folder(
+    root: str = "",
+    roots: Mapping[str, str] | None = None,
+    labels_file: str = "",
+    task: str = "label",
+    image_size: int = 28,
+    channels: int = 1,
+    invert: bool = False,
+    class_depth: int = 1,
+    split_names: Sequence[str] = ("train", "test"),
+    test_fraction: float = 0.2,
+    split_seed: int = 0,
+    classes: Mapping[str, Sequence[str]] | None = None,
+    path_column: str = "path",
+    label_columns: Sequence[str] = (),
+    split_column: str = "",
+    check_images: bool = True,
+) -> MultiTaskData:
+    """The user's images: one tree per task or one tree and a labels file; streamed from the
+    files (see `mtl.data.image_tasks` and docs/data.md).
+
+    Args:
+      root: `ROOT/<class>/<file>` (one task named `task`), or the folder that the paths of
+        `labels_file` are relative to.
+      roots: task name -> its tree, for one tree per task (instead of `root`).
+      labels_file: CSV / TSV / JSONL with `path_column` and one column per task; empty cells
+        are missing labels.
+      task: the label field (task) name of a single tree.
+      image_size, channels, invert: what every image becomes (`mtl.data.images.ImageSpec`).
+      class_depth: folder levels below the root that name a class (2: ROOT/<group>/<class>/).
+      split_names: the train and test folder names of a `ROOT/<split>/<class>/<file>` tree.
+      test_fraction: without split folders, the seeded fraction of each class held out.
+      split_seed: seeds that fraction.
+      classes: task -> its class names in label order (default: sorted names found).
+      path_column, label_columns, split_column: the labels file's columns (label columns
+        default to all others; the split column holds the `split_names`).
+      check_images: decode every file once before training (a damaged file fails at once).
+    """
+    from mtl.data import image_tasks, images
+
+    splits, names = image_tasks.load(
+        root=root,
+        roots=roots,
+        labels_file=labels_file,
+        task=task,
+        spec=images.ImageSpec(image_size, channels, invert),
+        class_depth=class_depth,
+        split_names=split_names,
+        test_fraction=test_fraction,
+        split_seed=split_seed,
+        classes=classes,
+        path_column=path_column,
+        label_columns=label_columns,
+        split_column=split_column,
+        check_images=check_images,
+    )
+    return MultiTaskData(splits["train"], splits["test"], names)
 
 
 def load(data_config: Mapping[str, Any]) -> MultiTaskData:

@@ -116,6 +116,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Result:
     domains = sources.MultiTaskData(
         with_domains(data.train, source, target, seed=config.seed),
         with_domains(data.test, source, target),
+        data.classes,
     )
     parts = supervised.parts(run_config, data=domains)
     parts.model.heads[DOMAIN].reversal_scale = scale  # static: set before the steps are made

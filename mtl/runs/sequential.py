@@ -37,7 +37,7 @@ import ml_collections
 import numpy as np
 
 from mtl import checkpoint, parallel
-from mtl.data import arrays, batches, sources
+from mtl.data import arrays, batches
 from mtl.errors import ConfigError
 from mtl.models.functional import PureModule
 from mtl.runs import evaluators, supervised
@@ -93,7 +93,8 @@ def _fisher(parts: supervised.Parts, params, model_state, rng):
         examples = (
             (jax.tree.map(jnp.asarray, b["inputs"]), jnp.asarray(b["labels"][task.label]))
             for b in (
-                prepare(arrays.take(data, own[i : i + size])) for i in range(0, len(own), size)
+                prepare(arrays.materialize(arrays.take(data, own[i : i + size])))
+                for i in range(0, len(own), size)
             )
         )
         f = ewc.fisher_diagonal(logits_fn, params["trunk"], examples, rng)
@@ -161,7 +162,7 @@ def phase(config, k: int, names, data, carried: Carried, workdir: str):
     phase_config.tasks = ml_collections.ConfigDict({n: config.tasks[n] for n in names})
     phase_tasks = tasks_from_config(phase_config.tasks)
     fields = sorted({t.label for t in phase_tasks})
-    phase_data = sources.MultiTaskData(*(arrays.select_fields(ds, fields) for ds in data))
+    phase_data = data.map(lambda ds: arrays.select_fields(ds, fields))
     parts = supervised.parts(phase_config, data=phase_data)
     strength = float(config.sequential.ewc_strength)
     if carried.fisher is not None and strength > 0:

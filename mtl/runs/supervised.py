@@ -76,10 +76,10 @@ def load_data(config: ml_collections.ConfigDict, tasks) -> sources.MultiTaskData
     """The configured data set, restricted to the tasks' label fields and checked against them."""
     # Process 0 prepares the data set first: the others then read what it prepared.
     data = distributed.first_on_process_0(lambda: sources.load(config.data), "load_data")
-    for split, ds in data._asdict().items():
+    for split, ds in (("train", data.train), ("test", data.test)):
         check_labels(tasks, ds["labels"], ds["masks"], split)
     fields = sorted({t.label for t in tasks})
-    return sources.MultiTaskData(*(arrays.select_fields(ds, fields) for ds in data))
+    return data.map(lambda ds: arrays.select_fields(ds, fields))
 
 
 def require_mixed(config: ml_collections.ConfigDict) -> None:

@@ -24,6 +24,7 @@ from absl import logging
 from jax.sharding import Mesh, NamedSharding
 
 from mtl import checkpoint, parallel, preemption, sharding
+from mtl.data import prefetch
 from mtl.logs import MetricsWriter, Progress
 from mtl.train.experiment import EvalContext, Experiment, Result
 from mtl.train.state import TrainState, template
@@ -78,6 +79,7 @@ def run(experiment: Experiment, workdir: str) -> Result:
     """
     started, config = time.perf_counter(), experiment.config
     experiment = experiment.scheduled()
+    prefetch.options(config.get("input"))  # a bad field fails before anything compiles
     checkpoint.check_config(workdir, config, experiment.guarded)
     compiled = compile_experiment(experiment)
     manager = checkpoint.make_manager(
@@ -150,9 +152,12 @@ def train(
     progress = Progress(config.num_steps, step)
     preemption.install_sigterm_handler()
     rows = parallel.process_rows(source.batch_size, compiled.data_sharding)
+    stream = prefetch.prefetched(
+        source, step, config.num_steps, rows, **prefetch.options(config.get("input"))
+    )
     start = time.perf_counter()
     while step < config.num_steps:
-        batch = parallel.to_global(source(step, rows), compiled.data_sharding, source.batch_size)
+        batch = parallel.to_global(next(stream), compiled.data_sharding, source.batch_size)
         state, metrics = compiled.train_step(state, batch)
         step += 1
         stop = preemption.should_stop(step)  # once per step, the same on every process
