@@ -111,3 +111,24 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> np.ndarr
         count = min(max(count, 1), len(rows) - 1) if len(rows) > 1 else 0
         chosen[rng.permutation(rows)[:count]] = True
     return chosen
+
+
+def scan_meta_splits(
+    root: str, split_names: Sequence[str], *, class_depth: int, field: str = "data.root"
+) -> tuple[Folder, dict[str, list[str]] | None]:
+    """The classes of `root` for episodes, and the class names of each meta-split when the tree
+    is `ROOT/<split>/<class>/<file>` with a folder per name in `split_names` (else None)."""
+    check_root(root, field)
+    dirs = split_folders(root, split_names)
+    if dirs is None:
+        return scan_classes(root, class_depth=class_depth, field=field), None
+    parts = {s: scan_classes(d, class_depth=class_depth, field=field) for s, d in dirs.items()}
+    classes = tuple(f"{s}/{c}" for s, part in parts.items() for c in part.classes)
+    offsets = np.cumsum([0, *(len(p.classes) for p in parts.values())])
+    folder = Folder(
+        np.concatenate([p.paths for p in parts.values()]),
+        np.concatenate([p.labels + o for p, o in zip(parts.values(), offsets, strict=False)]),
+        classes,
+    )
+    listed = {s: [f"{s}/{c}" for c in p.classes] for s, p in parts.items()}
+    return folder, listed

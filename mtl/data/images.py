@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -27,6 +27,7 @@ from PIL import Image
 from mtl.errors import ConfigError, DataError
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+Reader = Callable[[Any], Image.Image]  # an item (e.g. a record index) -> its image
 _MODES = {1: "L", 3: "RGB"}
 
 
@@ -67,13 +68,17 @@ class ImageSpec:
         return 1.0 - pixels if self.invert else pixels
 
 
-def read_image(path: str, spec: ImageSpec, quarter_turns: int = 0) -> np.ndarray:
-    """The file at `path` as float32 [size, size, channels], turned `quarter_turns` times."""
+def read_image(
+    item: Any, spec: ImageSpec, quarter_turns: int = 0, reader: Reader | None = None
+) -> np.ndarray:
+    """The image `item` (a file path, or whatever `reader` opens) as float32 [size, size,
+    channels], turned `quarter_turns` times."""
     try:
-        with Image.open(path) as image:
+        with Image.open(item) if reader is None else reader(item) as image:
             pixels = spec.convert(image)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise DataError(unreadable(path, err)) from None
+        where = item if reader is None else f"{item!r:.80} of {reader}"
+        raise DataError(unreadable(where, err)) from None
     return np.rot90(pixels, quarter_turns) if quarter_turns else pixels
 
 
@@ -117,12 +122,14 @@ class LazyImages:
     sets (`arrays.take`, episode sampling): indexing selects paths, so a data set of a million
     files costs its paths in memory, and a process decodes only the rows it reads.
     `quarter_turns` (same shape as `paths`, or None) rotates each image; rotated copies of a
-    class make new classes for episodes.
+    class make new classes for episodes. With a `reader`, the items are not file paths but
+    what it opens (a TFDS record index, encoded bytes).
     """
 
-    paths: np.ndarray  # object array of str
+    paths: np.ndarray  # object array of str (or of the reader's items)
     spec: ImageSpec
     quarter_turns: np.ndarray | None = None
+    reader: Reader | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -139,7 +146,8 @@ class LazyImages:
 
     def __getitem__(self, index: Any) -> LazyImages:
         turns = None if self.quarter_turns is None else np.asarray(self.quarter_turns[index])
-        return LazyImages(np.asarray(self.paths[index], dtype=object), self.spec, turns)
+        items = np.asarray(self.paths[index], dtype=object)
+        return LazyImages(items, self.spec, turns, self.reader)
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         flat = self.paths.reshape(-1)
@@ -147,7 +155,7 @@ class LazyImages:
         turns = np.asarray(turns).reshape(-1)
         out = np.empty((len(flat), *self.spec.shape), np.float32)
         for i, (path, k) in enumerate(zip(flat, turns, strict=True)):
-            out[i] = read_image(path, self.spec, int(k))
+            out[i] = read_image(path, self.spec, int(k), self.reader)
         out = out.reshape(self.shape)
         return out if dtype is None else out.astype(dtype)
 
@@ -157,16 +165,16 @@ class LazyImages:
 
 def concatenate(parts: Sequence[LazyImages]) -> LazyImages:
     """Rows of `parts` one after another (all with the same spec)."""
-    specs = {p.spec for p in parts}
-    if len(specs) != 1:
-        raise ValueError(f"Cannot concatenate images of different specs: {specs}.")
+    if len({(p.spec, id(p.reader)) for p in parts}) != 1:
+        raise ValueError("Cannot concatenate images of different specs or readers.")
     turns = [p.quarter_turns for p in parts]
     joined = None
     if any(t is not None for t in turns):
         joined = np.concatenate(
             [np.zeros(len(p), int) if t is None else t for p, t in zip(parts, turns, strict=True)]
         )
-    return LazyImages(np.concatenate([p.paths for p in parts]), parts[0].spec, joined)
+    paths = np.concatenate([p.paths for p in parts])
+    return LazyImages(paths, parts[0].spec, joined, parts[0].reader)
 
 
 def preprocess_arrays(images: np.ndarray, spec: ImageSpec) -> np.ndarray:

@@ -189,6 +189,49 @@ def image_folder(
     return MultiTaskData(splits["train"], splits["test"], names)
 
 
+@SOURCES.register("text_table")
+def text_table(
+    train: str = "",
+    test: str = "",
+    text_column: str = "text",
+    text_pair_column: str = "",
+    label_columns: Sequence[str] = (),
+    classes: Mapping[str, Sequence[str]] | None = None,
+    tokenizer_dir: str | None = None,
+    max_length: int = 64,
+    test_fraction: float = 0.2,
+    split_seed: int = 0,
+) -> MultiTaskData:
+    """The user's sentences: a CSV / TSV / JSONL table, one task per label column (see
+    `mtl.data.text_tasks` and docs/data.md).
+
+    Args:
+      train: the training table; `test`: the test table (else a seeded `test_fraction` of the
+        training rows, drawn with `split_seed`).
+      text_column: the sentence column; `text_pair_column`: a second one, for sentence pairs.
+      label_columns: the tasks (default: every column that is not text). Empty cells are
+        missing labels (masked).
+      classes: task -> class names in label order (default: sorted values of the train table).
+      tokenizer_dir: a Hugging Face tokenizer (a converted checkpoint holds one).
+      max_length: tokens per example after truncation and padding, special tokens included.
+    """
+    from mtl.data import text_tasks
+
+    train_data, test_data, names = text_tasks.load(
+        train=train,
+        test=test,
+        text_column=text_column,
+        text_pair_column=text_pair_column,
+        label_columns=label_columns,
+        classes=classes,
+        tokenizer_dir=tokenizer_dir,
+        max_length=max_length,
+        test_fraction=test_fraction,
+        split_seed=split_seed,
+    )
+    return MultiTaskData(train_data, test_data, names)
+
+
 def load(data_config: Mapping[str, Any]) -> MultiTaskData:
     """Loads the source named by `data_config.name` with the rest of the block as options."""
     options = dict(data_config)

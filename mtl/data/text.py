@@ -91,12 +91,19 @@ def copy_tokenizer(source: str, destination: str) -> list[str]:
     return copied
 
 
-def tokenize(tokenizer: Any, sentences: Sequence[str], max_length: int) -> dict[str, np.ndarray]:
-    """`{input_ids, attention_mask, token_type_ids}`: int32 [N, max_length], truncated, padded."""
+def tokenize(
+    tokenizer: Any,
+    sentences: Sequence[str],
+    max_length: int,
+    pairs: Sequence[str] | None = None,
+) -> dict[str, np.ndarray]:
+    """`{input_ids, attention_mask, token_type_ids}`: int32 [N, max_length], truncated, padded.
+    With `pairs`, each example is the sentence pair `(sentences[i], pairs[i])`."""
     if not isinstance(max_length, int) or max_length < 2:
         raise ConfigError(f"max_length must be an int >= 2, got {max_length!r}.")
     encoded = tokenizer(
         list(sentences),
+        None if pairs is None else list(pairs),
         max_length=max_length,
         truncation=True,
         padding="max_length",

@@ -7,6 +7,9 @@ memorise which class comes first. A meta-batch is `batch` episodes stacked:
     {"support": {"x": [batch, ways*shots, ...], "y": int32 [batch, ways*shots]},
      "query":   {"x": [batch, ways*queries, ...], "y": int32 [batch, ways*queries]}}
 
+Inputs may be arrays, dicts of arrays (text) or `mtl.data.images.LazyImages`; episodes index
+them the same way (lazy images stay lazy until `np.asarray`).
+
 Sampling is stateless: meta-batch `index` depends only on `(seed, index)`, so a resumed run
 draws exactly the episodes an uninterrupted run would, and evaluation episodes are the same
 for every model that is evaluated with the same seed.
@@ -17,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import jax
 import numpy as np
 
 from mtl.errors import ConfigError, DataError
@@ -28,7 +32,7 @@ Episodes = dict[str, dict[str, np.ndarray]]
 class ClassDataset:
     """Examples with a class label each; `index[c, :counts[c]]` are the rows of class c."""
 
-    inputs: np.ndarray  # [N, ...]
+    inputs: Any  # [N, ...]: an array, a dict of arrays (text) or lazy image files
     labels: np.ndarray  # int [N], any class ids
     name: str = "data"
     index: np.ndarray = dataclasses.field(init=False)  # int64 [C, max count], -1 padded
@@ -37,10 +41,10 @@ class ClassDataset:
 
     def __post_init__(self):
         labels = np.asarray(self.labels)
-        if len(labels) != len(self.inputs):
+        rows = len(jax.tree_util.tree_leaves(self.inputs)[0])
+        if len(labels) != rows:
             raise DataError(
-                f"{self.name}: {len(self.inputs)} inputs but {len(labels)} labels; they must "
-                "match one to one."
+                f"{self.name}: {rows} inputs but {len(labels)} labels; they must match one to one."
             )
         if len(labels) == 0:
             raise DataError(f"{self.name} holds no examples.")
@@ -102,7 +106,8 @@ def sample_episodes(
     def part(cols: slice) -> dict[str, Any]:
         r = rows[..., cols].reshape(batch, -1)
         return {
-            "x": data.inputs[r],
+            # Indexing only: lazy image files are decoded by whoever reads the rows it needs.
+            "x": jax.tree_util.tree_map(lambda a: a[r], data.inputs),
             "y": np.ascontiguousarray(labels[..., cols].reshape(batch, -1)),
         }
 

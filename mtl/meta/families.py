@@ -107,6 +107,139 @@ def omniglot(
     )
 
 
+def _image_folder_inputs(*, image_size: int, channels: int, invert: bool, **options):
+    del options
+    from mtl.data.images import ImageSpec, preprocess_arrays
+
+    spec = ImageSpec(int(image_size), int(channels), bool(invert))
+    return spec.shape, lambda images: preprocess_arrays(images, spec)
+
+
+@_family("image_folder", kind="classification", inputs=_image_folder_inputs)
+def image_folder(
+    root: str = "",
+    class_depth: int = 1,
+    image_size: int = 28,
+    channels: int = 1,
+    invert: bool = False,
+    split_fractions: Sequence[float] = (0.65, 0.1, 0.25),
+    split_seed: int = 0,
+    split_classes: Mapping[str, Sequence[str]] | None = None,
+    rotations: Sequence[int] = (0,),
+    check_images: bool = True,
+):
+    """Classes of the user's image folder `ROOT/<class>/<file>` as N-way K-shot episodes.
+
+    Args:
+      root: the tree; with `ROOT/train`, `ROOT/val` and `ROOT/test` folders, their classes
+        are the meta-splits.
+      class_depth: folder levels below the root (or split folder) that name a class.
+      image_size, channels, invert: what every image becomes (`mtl.data.images.ImageSpec`).
+      split_fractions: fractions of the classes in meta-train, meta-val and meta-test.
+      split_seed: seed of the class permutation that makes the splits.
+      split_classes: {"train": [...], "val": [...], "test": [...]} class names (relative
+        folder paths) instead of the seeded permutation.
+      rotations: quarter turns that make new classes (Omniglot's MAML setting: 0, 1, 2, 3).
+      check_images: decode every file once before training (a damaged file fails at once).
+    """
+    from mtl.data import image_folder as folders
+    from mtl.data import images
+    from mtl.meta.class_family import SPLITS, class_family
+
+    spec = images.ImageSpec(image_size, channels, invert)
+    folder, listed = folders.scan_meta_splits(root, SPLITS, class_depth=class_depth)
+    if check_images:
+        images.check_files(folder.paths)
+    return class_family(
+        images.LazyImages(folder.paths, spec),
+        folder.labels,
+        folder.classes,
+        input_shape=spec.shape,
+        preprocess=lambda raw: images.preprocess_arrays(raw, spec),
+        split_fractions=split_fractions,
+        split_seed=split_seed,
+        split_classes_by_name=split_classes or listed,
+        rotations=rotations,
+        name=root,
+    )
+
+
+def _text_table_inputs(*, tokenizer_dir: str | None, max_length: int, **options):
+    del options
+    from mtl.data import text
+
+    def preprocess(sentences):
+        tokenizer = text.load_tokenizer(text.check_tokenizer_dir(tokenizer_dir))
+        return text.tokenize(tokenizer, [str(s) for s in sentences], int(max_length))
+
+    width = (int(max_length),)
+    return {"input_ids": width, "attention_mask": width, "token_type_ids": width}, preprocess
+
+
+@_family("text_table", kind="classification", inputs=_text_table_inputs)
+def text_table(
+    table: str = "",
+    text_column: str = "text",
+    text_pair_column: str = "",
+    label_columns: Sequence[str] = (),
+    tokenizer_dir: str | None = None,
+    max_length: int = 64,
+    split_fractions: Sequence[float] = (0.6, 0.2, 0.2),
+    split_seed: int = 0,
+    split_classes: Mapping[str, Sequence[str]] | None = None,
+):
+    """Classes of the user's table of sentences as N-way K-shot episodes.
+
+    A class is one value of one label column, named `<column>/<value>`; the classes of all
+    label columns are pooled and split into meta-train / val / test.
+
+    Args:
+      table: a CSV / TSV / JSONL file (see `mtl.data.tables`).
+      text_column, text_pair_column, label_columns: as in the `text_table` source.
+      tokenizer_dir: a Hugging Face tokenizer; max_length: tokens per example.
+      split_fractions, split_seed: the seeded split of the classes.
+      split_classes: {"train": [...], "val": [...], "test": [...]} class names instead.
+    """
+    from mtl.data import tables, text, text_tasks
+    from mtl.meta.class_family import class_family
+
+    rows = tables.read_table(table, field="data.table")
+    text_columns = [c for c in (text_column, text_pair_column) if c]
+    columns = text_tasks.label_names(rows, text_columns, label_columns)
+    shape, preprocess = _text_table_inputs(tokenizer_dir=tokenizer_dir, max_length=max_length)
+    del shape
+    tokenizer = text.load_tokenizer(text.check_tokenizer_dir(tokenizer_dir))
+    sentences = text_tasks.texts(rows, text_column, table, "data.text_column")
+    pairs = (
+        text_tasks.texts(rows, text_pair_column, table, "data.text_pair_column")
+        if (text_pair_column)
+        else None
+    )
+    tokens = text.tokenize(tokenizer, sentences, int(max_length), pairs)
+    examples, labels, names = [], [], []
+    for column in columns:
+        values = tables.column(rows, column, table, "data.label_columns")
+        found = tables.found_classes(values)
+        lookup = {v: len(names) + i for i, v in enumerate(found)}
+        names += [f"{column}/{v}" for v in found]
+        kept = [i for i, v in enumerate(values) if v is not None]
+        examples += kept
+        labels += [lookup[values[i]] for i in kept]
+    index = np.array(examples, np.int64)
+    inputs = {k: v[index] for k, v in tokens.items()}
+    return class_family(
+        inputs,
+        np.array(labels, np.int64),
+        names,
+        input_shape={k: (int(max_length),) for k in tokens},
+        preprocess=preprocess,
+        split_fractions=split_fractions,
+        split_seed=split_seed,
+        split_classes_by_name=split_classes,
+        name=table,
+    )
+
+
 def check_config(data_config: Mapping[str, Any]) -> tuple[str, dict]:
     """The family name and its options, or a `ConfigError` naming the bad field."""
     options = dict(data_config)

@@ -22,6 +22,7 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from jax.sharding import PartitionSpec as P
@@ -107,7 +108,8 @@ class EpisodeBatches:
             self.split, self.seed, step, batch=self.batch_size, ways=self.ways,
             shots=self.shots, queries=self.queries,
         )  # fmt: skip
-        return jax.tree_util.tree_map(lambda a: a[rows], episodes)
+        # This process's rows only, decoded here (in the prefetch threads) when lazy.
+        return jax.tree_util.tree_map(lambda a: np.asarray(a[rows]), episodes)
 
 
 def make_train_step(learner, optimizer, mesh, ways: int, metric: str):

@@ -1,0 +1,131 @@
+"""Multi-task data sets from the user's tables of sentences (the `text_table` source).
+
+    # train.csv:  text,topic,sentiment
+    #             "the plot drags",film,negative
+    #             "great battery",,positive        <- no topic label: masked for that task
+    train, test, classes = load(train="train.csv", test="test.csv", text_column="text", ...)
+
+Every label column is a task (label field) of its own; its classes are the declared names
+(`classes={"topic": [...]}`) or the sorted values found in the training file, and the class
+names go into results.json. A second text column (`text_pair_column`) makes sentence-pair
+tasks: the tokenizer joins the two with its separator. Text is tokenised once, to fixed-width
+int arrays, with the run's tokenizer (`tokenizer_dir`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from mtl.data import arrays, tables, text
+from mtl.errors import ConfigError, DataError
+
+
+def texts(table: tables.Table, name: str, path: str, field: str) -> list[str]:
+    """A text column, every cell present (an empty sentence is a `DataError` naming its row)."""
+    values = tables.column(table, name, path, field)
+    for i, value in enumerate(values):
+        if value is None:
+            raise DataError(
+                f"{path}, row {i + 2}, column {name!r}: the text is empty. Fill it in or drop "
+                f"the row."
+            )
+    return values
+
+
+def label_names(table: tables.Table, text_columns: Sequence[str], given: Sequence[str]) -> list:
+    """The label columns: `given`, else every column that is not text."""
+    names = list(given) or [c for c in table if c not in text_columns]
+    if not names:
+        raise ConfigError(
+            f"The table has only text columns ({', '.join(table)}); add a label column or set "
+            f"data.label_columns."
+        )
+    return names
+
+
+def encode_table(
+    table: tables.Table,
+    path: str,
+    *,
+    tokenizer: Any,
+    max_length: int,
+    text_column: str,
+    text_pair_column: str,
+    label_columns: Sequence[str],
+    classes: Mapping[str, Sequence[str]],
+) -> arrays.ArrayDataset:
+    """Tokens and one masked label column per task."""
+    sentences = texts(table, text_column, path, "data.text_column")
+    pairs = (
+        texts(table, text_pair_column, path, "data.text_pair_column") if text_pair_column else None
+    )
+    labels, masks = {}, {}
+    for name in label_columns:
+        values = tables.column(table, name, path, "data.label_columns")
+        column = tables.encode_labels(
+            values, classes[name], path=path, name=name, field=f"data.classes.{name}"
+        )
+        labels[name], masks[name] = column.labels, column.mask
+    inputs = text.tokenize(tokenizer, sentences, max_length, pairs)
+    return {"inputs": inputs, "labels": labels, "masks": masks}
+
+
+def load(
+    *,
+    train: str,
+    test: str,
+    text_column: str,
+    text_pair_column: str,
+    label_columns: Sequence[str],
+    classes: Mapping[str, Sequence[str]] | None,
+    tokenizer_dir: str | None,
+    max_length: int,
+    test_fraction: float,
+    split_seed: int,
+) -> tuple[arrays.ArrayDataset, arrays.ArrayDataset, dict[str, tuple[str, ...]]]:
+    """`(train, test, class names per task)`; without a test file, a seeded `test_fraction` of
+    the training rows is held out."""
+    if not train:
+        raise ConfigError("No table: set --config.data.train to a .csv, .tsv or .jsonl file.")
+    if not test and not 0.0 < test_fraction < 1.0:
+        raise ConfigError(
+            f"Without data.test, data.test_fraction (in (0, 1)) holds out test rows; got "
+            f"{test_fraction}."
+        )
+    tables_ = {"train": tables.read_table(train, field="data.train")}
+    if test:
+        tables_["test"] = tables.read_table(test, field="data.test")
+    text_columns = [c for c in (text_column, text_pair_column) if c]
+    names = label_names(tables_["train"], text_columns, label_columns)
+    classes = dict(classes or {})
+    declared = {n: tuple(map(str, classes.get(n) or ())) for n in names}
+    for n in names:  # classes found in the training file unless declared
+        if not declared[n]:
+            found = tables.column(tables_["train"], n, train, "data.label_columns")
+            declared[n] = tables.found_classes(found)
+    tokenizer = text.load_tokenizer(text.check_tokenizer_dir(tokenizer_dir))
+    encoded = {
+        split: encode_table(
+            table,
+            train if split == "train" else test,
+            tokenizer=tokenizer,
+            max_length=max_length,
+            text_column=text_column,
+            text_pair_column=text_pair_column,
+            label_columns=names,
+            classes=declared,
+        )
+        for split, table in tables_.items()
+    }
+    if test:
+        return encoded["train"], encoded["test"], declared
+    whole = encoded["train"]
+    is_test = np.random.default_rng(split_seed).random(arrays.num_examples(whole)) < test_fraction
+    return (
+        arrays.take(whole, np.flatnonzero(~is_test)),
+        arrays.take(whole, np.flatnonzero(is_test)),
+        declared,
+    )
