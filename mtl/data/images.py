@@ -68,6 +68,11 @@ class ImageSpec:
         return 1.0 - pixels if self.invert else pixels
 
 
+def check_images(data: LazyImages) -> None:
+    """`check_files` over every image of `data`."""
+    check_files(data.paths.reshape(-1), reader=data.reader)
+
+
 def read_image(
     item: Any, spec: ImageSpec, quarter_turns: int = 0, reader: Reader | None = None
 ) -> np.ndarray:
@@ -89,22 +94,23 @@ def unreadable(path: str, err: Exception) -> str:
     )
 
 
-def _decode_fully(path: str) -> str | None:
-    """None when the file decodes to its last pixel, else the reason it does not."""
+def _decode_fully(item: Any, reader: Reader | None = None) -> str | None:
+    """None when the image decodes to its last pixel, else the reason it does not."""
     try:
-        with Image.open(path) as image:
+        with Image.open(item) if reader is None else reader(item) as image:
             image.load()  # the whole file: a truncated one fails here, not at open
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        return unreadable(path, err)
+        return unreadable(item if reader is None else f"{item!r:.80} of {reader}", err)
     return None
 
 
-def check_files(paths: Sequence[str], threads: int = 0) -> None:
-    """Decodes every file once (PIL releases the GIL, so threads help); one `DataError` that
+def check_files(paths: Sequence[Any], threads: int = 0, reader: Reader | None = None) -> None:
+    """Decodes every image once (PIL releases the GIL, so threads help); one `DataError` that
     names the first bad files and how many there are."""
     threads = threads or min(32, (os.cpu_count() or 1) * 4)
+    decode = lambda item: _decode_fully(item, reader)
     with ThreadPoolExecutor(threads) as pool:
-        problems = [p for p in pool.map(_decode_fully, paths, chunksize=64) if p]
+        problems = [p for p in pool.map(decode, paths, chunksize=64) if p]
     if problems:
         more = f" ({len(problems) - 1} more files fail the same way.)" if len(problems) > 1 else ""
         raise DataError(problems[0] + more)

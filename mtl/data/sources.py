@@ -232,6 +232,57 @@ def text_table(
     return MultiTaskData(train_data, test_data, names)
 
 
+@SOURCES.register("tfds")
+def tfds(
+    dataset: str = "",
+    data_dir: str = "",
+    version: str = "",
+    splits: Sequence[str] = ("train", "test"),
+    image_key: str = "",
+    text_key: str = "",
+    text_pair_key: str = "",
+    label_keys: Sequence[str] = (),
+    image_size: int = 28,
+    channels: int = 3,
+    invert: bool = False,
+    tokenizer_dir: str | None = None,
+    max_length: int = 64,
+    check_images: bool = True,
+) -> MultiTaskData:
+    """A TFDS data set prepared in `data_dir`, read from its files; never downloads (see
+    `mtl.data.tfds_tasks` and docs/data.md).
+
+    Args:
+      dataset: the data set's name (its folder in `data_dir`); `version`: empty for the newest
+        prepared one.
+      splits: the prepared (train, test) splits.
+      image_key or text_key (+ text_pair_key): the input feature(s).
+      label_keys: one task (label field) per feature; negative labels are missing.
+      image_size, channels, invert: what every image becomes (`mtl.data.images.ImageSpec`).
+      tokenizer_dir, max_length: the tokenizer of text inputs.
+      check_images: decode every image once before training.
+    """
+    from mtl.data import images, tfds_tasks
+
+    splits_, names = tfds_tasks.load(
+        name=dataset,
+        data_dir=data_dir,
+        version=version,
+        splits=splits,
+        image_key=image_key,
+        text_key=text_key,
+        text_pair_key=text_pair_key,
+        label_keys=label_keys,
+        spec=images.ImageSpec(image_size, channels, invert),
+        tokenizer_dir=tokenizer_dir,
+        max_length=max_length,
+    )
+    if check_images and image_key:
+        for split in splits_.values():
+            images.check_images(split["inputs"])
+    return MultiTaskData(splits_["train"], splits_["test"], names)
+
+
 def load(data_config: Mapping[str, Any]) -> MultiTaskData:
     """Loads the source named by `data_config.name` with the rest of the block as options."""
     options = dict(data_config)

@@ -240,6 +240,60 @@ def text_table(
     )
 
 
+@_family("tfds", kind="classification", inputs=_image_folder_inputs)
+def tfds(
+    dataset: str = "",
+    data_dir: str = "",
+    version: str = "",
+    split: str = "train",
+    image_key: str = "image",
+    label_key: str = "label",
+    image_size: int = 28,
+    channels: int = 3,
+    invert: bool = False,
+    split_fractions: Sequence[float] = (0.65, 0.1, 0.25),
+    split_seed: int = 0,
+    split_classes: Mapping[str, Sequence[str]] | None = None,
+    rotations: Sequence[int] = (0,),
+    check_images: bool = True,
+):
+    """The classes of one split of a prepared TFDS image data set as N-way K-shot episodes
+    (never downloads; see `mtl.data.tfds_tasks`).
+
+    Args:
+      dataset, data_dir, version: the prepared data set (`data_dir/dataset/version`).
+      split: the TFDS split whose examples are used; `image_key`, `label_key`: its features.
+      image_size, channels, invert: what every image becomes.
+      split_fractions, split_seed, split_classes, rotations: the meta-splits, as in
+        `image_folder` (class names are the ClassLabel's names, else the label values).
+    """
+    from mtl.data import images, tfds_tasks
+    from mtl.meta.class_family import class_family
+
+    spec = images.ImageSpec(image_size, channels, invert)
+    keys = {"image": image_key, "text": "", "pair": "", "labels": (label_key,)}
+    builder = tfds_tasks.open_builder(data_dir, dataset, version, (split,), keys)
+    data = tfds_tasks.split_dataset(builder, split, keys, spec, None)
+    labels, keep = data["labels"][label_key], data["masks"][label_key]
+    names = tfds_tasks.class_names(builder, (label_key,)).get(label_key)
+    names = names or tuple(str(c) for c in range(int(labels.max()) + 1))
+    inputs = data["inputs"][np.flatnonzero(keep)]
+    if check_images:
+        images.check_images(inputs)
+    return class_family(
+        inputs,
+        labels[keep],
+        names,
+        input_shape=spec.shape,
+        preprocess=lambda raw: images.preprocess_arrays(raw, spec),
+        split_fractions=split_fractions,
+        split_seed=split_seed,
+        split_classes_by_name=split_classes,
+        rotations=rotations,
+        name=f"{dataset}/{split}",
+    )
+
+
 def check_config(data_config: Mapping[str, Any]) -> tuple[str, dict]:
     """The family name and its options, or a `ConfigError` naming the bad field."""
     options = dict(data_config)
