@@ -122,15 +122,23 @@ def per_task_batch_indices(
 
 
 def eval_batches(data: ArrayDataset, batch_size: int) -> Iterator[ArrayDataset]:
-    """The whole data set in order, in batches of exactly `batch_size`.
+    """The whole data set in order, in batches of exactly `batch_size` (see `eval_batch`)."""
+    for k in range(num_eval_batches(data, batch_size)):
+        yield eval_batch(data, batch_size, k)
+
+
+def num_eval_batches(data: ArrayDataset, batch_size: int) -> int:
+    return -(-num_examples(data) // batch_size)
+
+
+def eval_batch(data: ArrayDataset, batch_size: int, k: int) -> ArrayDataset:
+    """Examples `k * batch_size ...` in order, as host arrays.
 
     The last batch is padded by repeating examples with all masks off, so padding never counts
     in a metric and every batch has the shape the compiled evaluation step expects.
     """
-    n = num_examples(data)
-    for start in range(0, n, batch_size):
-        index = np.arange(start, start + batch_size)
-        valid = index < n
-        batch = materialize(take(data, np.where(valid, index, 0)))
-        batch["masks"] = {f: np.logical_and(m, valid) for f, m in batch["masks"].items()}
-        yield batch
+    index = np.arange(k * batch_size, (k + 1) * batch_size)
+    valid = index < num_examples(data)
+    batch = materialize(take(data, np.where(valid, index, 0)))
+    batch["masks"] = {f: np.logical_and(m, valid) for f, m in batch["masks"].items()}
+    return batch

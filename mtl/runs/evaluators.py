@@ -18,7 +18,7 @@ from etils import epath
 from jax.sharding import NamedSharding
 
 from mtl import parallel
-from mtl.data import arrays, batches
+from mtl.data import arrays, batches, prefetch
 from mtl.registry import Registry
 from mtl.train.experiment import EvalContext, Evaluator
 from mtl.train.state import TrainState
@@ -38,9 +38,15 @@ def mean_metrics(
     """Per-task metric means over a whole data set; `prepare` maps each host batch first."""
     totals: dict[str, dict[str, float]] = {}
     rows = parallel.process_rows(batch_size, data_sharding)
-    for batch in arrays.eval_batches(data, batch_size):
+
+    def host_batch(k: int, rows: slice) -> arrays.ArrayDataset:
+        batch = arrays.eval_batch(data, batch_size, k)
         batch = prepare(batch) if prepare is not None else batch
-        local = jax.tree_util.tree_map(lambda a: a[rows], batch)
+        return jax.tree_util.tree_map(lambda a: a[rows], batch)
+
+    # Made ahead in threads, as training batches are: image files decode in parallel.
+    count = arrays.num_eval_batches(data, batch_size)
+    for local in prefetch.prefetched(host_batch, 0, count, rows):
         global_batch = parallel.to_global(local, data_sharding, batch_size)
         for task, values in jax.device_get(eval_step(state, global_batch)).items():
             acc = totals.setdefault(task, {})
@@ -53,8 +59,13 @@ def mean_metrics(
     }
 
 
-def report(results: Mapping[str, Mapping[str, float]], context: EvalContext) -> None:
-    """Logs a per-task table of test metrics and writes them to metrics and `results.json`."""
+def report(
+    results: Mapping[str, Mapping[str, float]],
+    context: EvalContext,
+    classes: Mapping[str, Any] | None = None,
+) -> None:
+    """Logs a per-task table of test metrics and writes them to metrics and `results.json`
+    (with the data set's class names per label field, when it has them)."""
     lines = ["Test metrics:"]
     for task, metrics in results.items():
         shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k != "count")
@@ -69,7 +80,10 @@ def report(results: Mapping[str, Mapping[str, float]], context: EvalContext) -> 
     context.writer.write(context.step, scalars)
     if jax.process_index() == 0:
         path = epath.Path(context.workdir) / "results.json"  # workdir may be a bucket
-        path.write_text(json.dumps({"step": context.step, "test": results}, indent=2))
+        record = {"step": context.step, "test": results}
+        if classes:
+            record["classes"] = {field: list(names) for field, names in classes.items()}
+        path.write_text(json.dumps(record, indent=2))
 
 
 @EVALUATORS.register("dataset")
@@ -111,9 +125,12 @@ def test_metrics(
     batch_size: int,
     prepare: batches.Prepare | None = None,
     every: int = 0,
+    classes: Mapping[str, Any] | None = None,
 ) -> Evaluator:
-    """`test`: per-task test metrics, reported and written to `results.json` at the end."""
-    return dataset_metrics("test", eval_step, data, batch_size, prepare, every, report)
+    """`test`: per-task test metrics, reported and written to `results.json` at the end (with
+    the class names of each label field in `classes`)."""
+    on_final = lambda results, context: report(results, context, classes)
+    return dataset_metrics("test", eval_step, data, batch_size, prepare, every, on_final)
 
 
 @EVALUATORS.register("finetune_report")

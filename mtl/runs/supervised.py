@@ -162,7 +162,11 @@ def experiment(parts: Parts, steps: Steps | None = None) -> Experiment:
     else:
         sampler = batches.mixed_sampler(config.seed, parts.data.train, config.batch_size)
     test = evaluators.test_metrics(
-        steps.eval_step, parts.data.test, config.eval_batch_size, prepare
+        steps.eval_step,
+        parts.data.test,
+        config.eval_batch_size,
+        prepare,
+        classes=parts.data.classes,
     )
     evals = (test,) if parts.stage is None else (test, evaluators.finetune_report(parts.stage.info))
     return Experiment(
