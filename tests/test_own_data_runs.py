@@ -122,3 +122,15 @@ def test_finetuning_reads_a_text_table(tmp_path, tiny_ckpt):
     config.optimizer.warmup_steps = 1
     results = supervised.train(config, str(tmp_path / "ft"))["test"]
     assert results["polarity"]["count"] > 0
+
+
+def test_example_configs_count_the_classes_of_the_users_data(tmp_path, roots):
+    from configs import image_folder_mtl, image_folder_protonets, text_table_finetune
+
+    config = image_folder_mtl.get_config(f"{roots['shapes']},{roots['letters']}")
+    assert {t: config.tasks[t].num_outputs for t in config.tasks} == {"shapes": 2, "letters": 3}
+    assert image_folder_protonets.get_config(roots["letters"]).data.root == roots["letters"]
+    table = write_table(str(tmp_path / "t.jsonl"), ["text", "a", "b"],
+                        [["one", "x", ""], ["two", "y", "p"], ["three", "z", "q"]])  # fmt: skip
+    config = text_table_finetune.get_config(f"{table},a,b")
+    assert (config.tasks.a.num_outputs, config.tasks.b.num_outputs) == (3, 2)

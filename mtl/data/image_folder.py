@@ -132,3 +132,11 @@ def scan_meta_splits(
     )
     listed = {s: [f"{s}/{c}" for c in p.classes] for s, p in parts.items()}
     return folder, listed
+
+
+def count_classes(root: str, class_depth: int = 1, split_names=("train", "test")) -> int:
+    """The number of classes a tree has (its train split's, for `ROOT/<split>/...`): what a
+    config sets as the task's `num_outputs` without reading any image."""
+    check_root(root, "the config argument")
+    dirs = split_folders(root, split_names)
+    return len(_class_dirs(dirs[split_names[0]] if dirs else root, class_depth))
