@@ -185,3 +185,16 @@ def test_results_name_the_classes(tmp_path, tree):
     results = json.loads((tmp_path / "w" / "results.json").read_text())
     assert results["classes"] == {"label": ["ant", "bee", "cat"]}
     assert results["test"]["label"]["count"] == 6
+
+
+def test_in_memory_gives_the_streamed_pixels_and_episodes(tree):
+    streamed, kept = source(root=tree), source(root=tree, in_memory=True)
+    assert isinstance(kept.train["inputs"], np.ndarray)
+    np.testing.assert_array_equal(np.asarray(streamed.train["inputs"]), kept.train["inputs"])
+    options = dict(name="image_folder", root=tree, image_size=8, rotations=(0, 1, 2, 3),
+                   split_fractions=(0.34, 0.33, 0.33))  # fmt: skip
+    lazy, decoded = families.load(options), families.load(options | {"in_memory": True})
+    a = lazy.sample("train", 0, 2, batch=2, ways=3, shots=2, queries=2)
+    b = decoded.sample("train", 0, 2, batch=2, ways=3, shots=2, queries=2)
+    np.testing.assert_array_equal(np.asarray(a["support"]["x"]), b["support"]["x"])
+    np.testing.assert_array_equal(a["query"]["y"], b["query"]["y"])

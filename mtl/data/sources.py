@@ -147,6 +147,7 @@ def image_folder(
     label_columns: Sequence[str] = (),
     split_column: str = "",
     check_images: bool = True,
+    in_memory: bool = False,
 ) -> MultiTaskData:
     """The user's images: one tree per task or one tree and a labels file; streamed from the
     files (see `mtl.data.image_tasks` and docs/data.md).
@@ -167,6 +168,8 @@ def image_folder(
       path_column, label_columns, split_column: the labels file's columns (label columns
         default to all others; the split column holds the `split_names`).
       check_images: decode every file once before training (a damaged file fails at once).
+      in_memory: decode every image once at load and keep the arrays (for data sets that fit
+        in memory: no decoding per batch); default: stream from the files.
     """
     from mtl.data import image_tasks, images
 
@@ -184,8 +187,10 @@ def image_folder(
         path_column=path_column,
         label_columns=label_columns,
         split_column=split_column,
-        check_images=check_images,
+        check_images=check_images and not in_memory,  # decoding all checks all
     )
+    if in_memory:
+        splits = {k: v | {"inputs": images.decode_all(v["inputs"])} for k, v in splits.items()}
     return MultiTaskData(splits["train"], splits["test"], names)
 
 

@@ -108,7 +108,8 @@ def class_family(
         raise ConfigError(
             f"data.rotations must be distinct quarter turns from 0, 1, 2, 3, got {rotations}."
         )
-    if rotations != (0,) and not hasattr(inputs, "quarter_turns"):
+    is_image = hasattr(inputs, "quarter_turns") or getattr(inputs, "ndim", 0) == 4
+    if rotations != (0,) and not is_image:
         raise ConfigError("data.rotations apply to images only; leave it (0,) for this data.")
     splits, names = {}, {}
     for split, chosen in ids.items():
@@ -132,8 +133,11 @@ def _rotated(images, labels: np.ndarray, rotations: tuple[int, ...]):
     """Every image in each rotation; class = class * 4 + quarter turns (as Omniglot's)."""
     from mtl.data import images as image_files
 
+    labels = np.concatenate([labels * 4 + k for k in rotations])
+    if isinstance(images, np.ndarray):  # decoded [N, H, W, C]
+        return np.concatenate([np.rot90(images, k, axes=(1, 2)) for k in rotations]), labels
     copies = [
-        image_files.LazyImages(images.paths, images.spec, np.full(len(labels), k), images.reader)
+        image_files.LazyImages(images.paths, images.spec, np.full(len(images), k), images.reader)
         for k in rotations
     ]
-    return image_files.concatenate(copies), np.concatenate([labels * 4 + k for k in rotations])
+    return image_files.concatenate(copies), labels

@@ -127,6 +127,7 @@ def image_folder(
     split_classes: Mapping[str, Sequence[str]] | None = None,
     rotations: Sequence[int] = (0,),
     check_images: bool = True,
+    in_memory: bool = False,
 ):
     """Classes of the user's image folder `ROOT/<class>/<file>` as N-way K-shot episodes.
 
@@ -141,6 +142,8 @@ def image_folder(
         folder paths) instead of the seeded permutation.
       rotations: quarter turns that make new classes (Omniglot's MAML setting: 0, 1, 2, 3).
       check_images: decode every file once before training (a damaged file fails at once).
+      in_memory: decode every image once at load and keep the arrays (no decoding per
+        episode; rotations are then applied to the arrays).
     """
     from mtl.data import image_folder as folders
     from mtl.data import images
@@ -148,10 +151,13 @@ def image_folder(
 
     spec = images.ImageSpec(image_size, channels, invert)
     folder, listed = folders.scan_meta_splits(root, SPLITS, class_depth=class_depth)
-    if check_images:
+    inputs = images.LazyImages(folder.paths, spec)
+    if in_memory:
+        inputs = images.decode_all(inputs)
+    elif check_images:
         images.check_files(folder.paths)
     return class_family(
-        images.LazyImages(folder.paths, spec),
+        inputs,
         folder.labels,
         folder.classes,
         input_shape=spec.shape,
