@@ -40,6 +40,8 @@ _BATCHES = flags.DEFINE_integer("batches", 40, "Batches timed per measurement.")
 _THREADS = flags.DEFINE_list("threads", ["1", "2", "4"], "Decoding threads / workers to time.")
 _MEMORY = flags.DEFINE_bool("memory", True, "Measure peak memory on 10% and 100% of the images.")
 _CHILD = flags.DEFINE_string("child_run", "", "Internal: train on this folder, print peak RSS.")
+_README = flags.DEFINE_string("readme", "", "Page to write the tables into (between markers).")
+BEGIN, END = "<!-- input-pipeline:begin -->", "<!-- input-pipeline:end -->"
 
 CLASSES = 100
 
@@ -247,6 +249,12 @@ def main(argv):
             f"| ratio all / 10% | {high / low:.2f} |",
         ]
     print("\n".join(lines))
+    if _README.value:
+        from scripts.readme import write_between
+
+        command = " ".join(["python -m benchmarks.input_pipeline", *sys.argv[1:]])
+        made = f"Made by `{command}` ({time.strftime('%Y-%m-%d')}) on {os.cpu_count()} CPU cores:"
+        write_between(_README.value, BEGIN, END, "\n".join([made, "", *lines]))
 
 
 if __name__ == "__main__":
