@@ -155,6 +155,15 @@ def _test_rows(table, path, split_column, split_names, fraction, seed) -> np.nda
     return np.array([v == split_names[1] for v in values])
 
 
+def check_split_options(split_names: Sequence[str], test_fraction: float) -> None:
+    if len(tuple(split_names)) != 2:
+        raise ConfigError(
+            f"data.split_names must be (train, test) folder names, got {split_names}."
+        )
+    if not 0.0 <= test_fraction < 1.0:
+        raise ConfigError(f"data.test_fraction must lie in [0, 1), got {test_fraction}.")
+
+
 def load(
     *,
     root: str,
@@ -174,12 +183,7 @@ def load(
 ) -> tuple[dict[str, ArrayDataset], dict[str, tuple[str, ...]]]:
     """`({"train": ..., "test": ...}, class names per task)`; see the module docstring."""
     classes = dict(classes or {})
-    if len(tuple(split_names)) != 2:
-        raise ConfigError(
-            f"data.split_names must be (train, test) folder names, got {split_names}."
-        )
-    if not 0.0 <= test_fraction < 1.0:
-        raise ConfigError(f"data.test_fraction must lie in [0, 1), got {test_fraction}.")
+    check_split_options(split_names, test_fraction)
     if labels_file:
         if roots:
             raise ConfigError("Set data.labels_file (with data.root) or data.roots, not both.")
@@ -201,18 +205,22 @@ def load(
                 "Set data.root (one task) or data.roots (one tree per task), not both."
             )
         trees = dict(roots or {}) or {task: root}
-        per_task = {}
-        for name, tree in trees.items():
-            field = f"data.roots.{name}" if roots else "data.root"
-            found = tree_splits(
+        per_task = {
+            name: declared(
+                tree_splits(
+                    tree,
+                    class_depth=class_depth,
+                    split_names=tuple(split_names),
+                    test_fraction=test_fraction,
+                    seed=split_seed,
+                    field=f"data.roots.{name}" if roots else "data.root",
+                ),
+                classes.get(name),
+                name,
                 tree,
-                class_depth=class_depth,
-                split_names=tuple(split_names),
-                test_fraction=test_fraction,
-                seed=split_seed,
-                field=field,
             )
-            per_task[name] = declared(found, classes.get(name), name, tree)
+            for name, tree in trees.items()
+        }
         splits = from_trees(per_task, spec)
         names = {t: s["train"].classes for t, s in per_task.items()}
     if check_images:

@@ -129,3 +129,38 @@ def load(
         arrays.take(whole, np.flatnonzero(is_test)),
         declared,
     )
+
+
+def class_examples(
+    path: str,
+    *,
+    text_column: str,
+    text_pair_column: str,
+    label_columns: Sequence[str],
+    tokenizer_dir: str | None,
+    max_length: int,
+) -> tuple[dict[str, np.ndarray], np.ndarray, list[str]]:
+    """`(tokens, class per example, class names)` of a table for episodes: a class is one
+    value of one label column, named `<column>/<value>`; a row labelled in two columns is an
+    example of two classes."""
+    table = tables.read_table(path, field="data.table")
+    text_columns = [c for c in (text_column, text_pair_column) if c]
+    columns = label_names(table, text_columns, label_columns)
+    sentences = texts(table, text_column, path, "data.text_column")
+    pairs = (
+        texts(table, text_pair_column, path, "data.text_pair_column")
+        if (text_pair_column)
+        else None
+    )
+    tokenizer = text.load_tokenizer(text.check_tokenizer_dir(tokenizer_dir))
+    tokens = text.tokenize(tokenizer, sentences, int(max_length), pairs)
+    examples, labels, names = [], [], []
+    for column in columns:
+        values = tables.column(table, column, path, "data.label_columns")
+        lookup = {v: len(names) + i for i, v in enumerate(tables.found_classes(values))}
+        names += [f"{column}/{v}" for v in tables.found_classes(values)]
+        kept = [i for i, v in enumerate(values) if v is not None]
+        examples += kept
+        labels += [lookup[values[i]] for i in kept]
+    index = np.array(examples, np.int64)
+    return {k: v[index] for k, v in tokens.items()}, np.array(labels, np.int64), names

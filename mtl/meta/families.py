@@ -174,9 +174,12 @@ def _text_table_inputs(*, tokenizer_dir: str | None, max_length: int, **options)
     del options
     from mtl.data import text
 
+    loaded = []  # the tokenizer, read on first use and kept
+
     def preprocess(sentences):
-        tokenizer = text.load_tokenizer(text.check_tokenizer_dir(tokenizer_dir))
-        return text.tokenize(tokenizer, [str(s) for s in sentences], int(max_length))
+        if not loaded:
+            loaded.append(text.load_tokenizer(text.check_tokenizer_dir(tokenizer_dir)))
+        return text.tokenize(loaded[0], [str(s) for s in sentences], int(max_length))
 
     width = (int(max_length),)
     return {"input_ids": width, "attention_mask": width, "token_type_ids": width}, preprocess
@@ -206,38 +209,24 @@ def text_table(
       split_fractions, split_seed: the seeded split of the classes.
       split_classes: {"train": [...], "val": [...], "test": [...]} class names instead.
     """
-    from mtl.data import tables, text, text_tasks
+    from mtl.data import text_tasks
+
+    _, preprocess = _text_table_inputs(tokenizer_dir=tokenizer_dir, max_length=max_length)
+    inputs, labels, names = text_tasks.class_examples(
+        table,
+        text_column=text_column,
+        text_pair_column=text_pair_column,
+        label_columns=label_columns,
+        tokenizer_dir=tokenizer_dir,
+        max_length=max_length,
+    )
     from mtl.meta.class_family import class_family
 
-    rows = tables.read_table(table, field="data.table")
-    text_columns = [c for c in (text_column, text_pair_column) if c]
-    columns = text_tasks.label_names(rows, text_columns, label_columns)
-    shape, preprocess = _text_table_inputs(tokenizer_dir=tokenizer_dir, max_length=max_length)
-    del shape
-    tokenizer = text.load_tokenizer(text.check_tokenizer_dir(tokenizer_dir))
-    sentences = text_tasks.texts(rows, text_column, table, "data.text_column")
-    pairs = (
-        text_tasks.texts(rows, text_pair_column, table, "data.text_pair_column")
-        if (text_pair_column)
-        else None
-    )
-    tokens = text.tokenize(tokenizer, sentences, int(max_length), pairs)
-    examples, labels, names = [], [], []
-    for column in columns:
-        values = tables.column(rows, column, table, "data.label_columns")
-        found = tables.found_classes(values)
-        lookup = {v: len(names) + i for i, v in enumerate(found)}
-        names += [f"{column}/{v}" for v in found]
-        kept = [i for i, v in enumerate(values) if v is not None]
-        examples += kept
-        labels += [lookup[values[i]] for i in kept]
-    index = np.array(examples, np.int64)
-    inputs = {k: v[index] for k, v in tokens.items()}
     return class_family(
         inputs,
-        np.array(labels, np.int64),
+        labels,
         names,
-        input_shape={k: (int(max_length),) for k in tokens},
+        input_shape={k: (int(max_length),) for k in inputs},
         preprocess=preprocess,
         split_fractions=split_fractions,
         split_seed=split_seed,
