@@ -198,3 +198,11 @@ def test_in_memory_gives_the_streamed_pixels_and_episodes(tree):
     b = decoded.sample("train", 0, 2, batch=2, ways=3, shots=2, queries=2)
     np.testing.assert_array_equal(np.asarray(a["support"]["x"]), b["support"]["x"])
     np.testing.assert_array_equal(a["query"]["y"], b["query"]["y"])
+
+
+def test_input_options_are_checked():
+    assert prefetch.options(None) == {"threads": 2, "prefetch": 0}
+    with pytest.raises(ConfigError, match="no field.*thread.*takes threads and prefetch"):
+        prefetch.options({"thread": 4})
+    with pytest.raises(ConfigError, match="config.input.threads must be an integer >= 0"):
+        prefetch.options({"threads": -1})
