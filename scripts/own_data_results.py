@@ -191,13 +191,17 @@ def scores(name: str, summary: dict) -> dict[str, str]:
 
 
 def table(results: dict[str, dict[str, dict]]) -> str:
-    lines = ["| pair | measure | built-in source | own-data source | wall (s) built-in / own |",
-             "| --- | --- | --- | --- | --- |"]  # fmt: skip
+    lines = ["| pair | measure | built-in source | own-data source | all metrics equal "
+             "| wall (s) built-in / own |", "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     for name, sides in results.items():
         builtin, own = scores(name, sides["builtin"]), scores(name, sides["own"])
         walls = f"{sides['builtin']['wall_seconds']:.0f} / {sides['own']['wall_seconds']:.0f}"
+        # Every metric of every task (or episode setting) to the last digit.
+        equal = "yes" if sides["builtin"]["metrics"] == sides["own"]["metrics"] else "no"
         for measure in builtin:
-            lines.append(f"| {name} | {measure} | {builtin[measure]} | {own[measure]} | {walls} |")
+            lines.append(
+                f"| {name} | {measure} | {builtin[measure]} | {own[measure]} | {equal} | {walls} |"
+            )
     return "\n".join(lines)
 
 
