@@ -49,8 +49,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.head_hidden = ()
     config.optimizer = optim.default_config()
     config.checkpoint = ml_collections.ConfigDict(dict(every=1000, keep=2))
-    # Batches made ahead in background threads (mtl.data.prefetch); 0: in the loop's thread.
-    config.input = ml_collections.ConfigDict(dict(threads=2, prefetch=0))
+    # Batches made ahead in threads (workers > 0: in worker processes), see mtl.data.prefetch.
+    config.input = ml_collections.ConfigDict(dict(threads=2, prefetch=0, workers=0))
     config.mesh = ml_collections.ConfigDict(dict(data=-1))
     config.baseline = ml_collections.ConfigDict(
         dict(joint=False, steps=0, learning_rate=1e-3, finetune_lrs=(0.01,))

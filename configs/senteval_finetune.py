@@ -80,8 +80,8 @@ def get_config(tasks: str = "mr") -> ml_collections.ConfigDict:
     config.optimizer.warmup_steps = 30
     config.optimizer.grad_clip_norm = 1.0
     config.checkpoint = ml_collections.ConfigDict(dict(every=1000, keep=1))
-    # Batches made ahead in background threads (mtl.data.prefetch); 0: in the loop's thread.
-    config.input = ml_collections.ConfigDict(dict(threads=2, prefetch=0))
+    # Batches made ahead in threads (workers > 0: in worker processes), see mtl.data.prefetch.
+    config.input = ml_collections.ConfigDict(dict(threads=2, prefetch=0, workers=0))
     # Evaluators by name (mtl/runs/evaluators.py); `every` N > 0 also runs one every N steps.
     config.evals = ml_collections.ConfigDict(dict(test=dict(every=0)))
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))

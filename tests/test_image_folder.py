@@ -93,8 +93,11 @@ def test_a_batch_decodes_only_this_process_rows_and_threads_change_nothing(tree,
     )
     serial = list(prefetch.prefetched(source_, 0, 6, slice(0, 8), threads=0))
     threaded = list(prefetch.prefetched(source_, 0, 6, slice(0, 8), threads=3))
-    for a, b in zip(serial, threaded, strict=True):
+    processes = list(prefetch.prefetched(source_, 0, 6, slice(0, 8), threads=1, workers=2))
+    for a, b, c in zip(serial, threaded, processes, strict=True):
         np.testing.assert_array_equal(a["inputs"], b["inputs"])
+        np.testing.assert_array_equal(a["inputs"], c["inputs"])
+        np.testing.assert_array_equal(a["labels"]["label"], c["labels"]["label"])
 
 
 def truncated(path: str) -> None:
@@ -201,8 +204,8 @@ def test_in_memory_gives_the_streamed_pixels_and_episodes(tree):
 
 
 def test_input_options_are_checked():
-    assert prefetch.options(None) == {"threads": 2, "prefetch": 0}
-    with pytest.raises(ConfigError, match="no field.*thread.*takes threads and prefetch"):
+    assert prefetch.options(None) == {"threads": 2, "prefetch": 0, "workers": 0}
+    with pytest.raises(ConfigError, match="no field.*thread.*takes threads, prefetch, workers"):
         prefetch.options({"thread": 4})
     with pytest.raises(ConfigError, match="config.input.threads must be an integer >= 0"):
         prefetch.options({"threads": -1})

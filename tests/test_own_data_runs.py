@@ -46,7 +46,9 @@ def params(workdir) -> dict:
 
 def test_a_streamed_multitask_run_resumes_bit_equal_to_an_uninterrupted_one(tmp_path, roots):
     config = image_config(roots, num_steps=6)
-    whole = supervised.train(config, str(tmp_path / "whole"))
+    processes = copy.deepcopy(config)
+    processes.input = dict(threads=1, workers=2)  # batches made in two worker processes
+    whole = supervised.train(processes, str(tmp_path / "whole"))
     assert set(whole["test"]) == {"shapes", "letters"}
     assert whole["test"]["letters"]["count"] == 3 * 2  # round(20% of 12) of each class
     halfway = copy.deepcopy(config)

@@ -8,8 +8,9 @@ Three ways to say which image has which labels:
 - a labels file: `root=ROOT, labels_file=FILE` (CSV / TSV / JSONL) with a column of paths
   relative to ROOT and one column per task; an empty cell is a missing label, masked.
 
-Test examples come from `ROOT/<test_split>/...` when the tree has `train_split` and `test_split`
-folders (or the labels file's `split_column`), else from a seeded, per-class `test_fraction`.
+Test examples come from `ROOT/<test>/...` when the tree has a folder for each of `split_names`
+(default `train` and `test`; for a labels file, its `split_column`), else from a seeded,
+per-class `test_fraction`.
 Images stay files: the inputs are `LazyImages`, decoded when a batch is drawn.
 """
 
@@ -58,7 +59,8 @@ def declared(splits: Splits, names: Sequence[str] | None, task: str, root: str) 
     """The splits labelled by the config's class list for `task` (when one is given)."""
     if not names:
         return splits
-    unknown = sorted(set(splits["train"].classes) - set(map(str, names)))
+    found = set(splits["train"].classes) | set(splits["test"].classes)
+    unknown = sorted(found - set(map(str, names)))
     if unknown:
         raise DataError(
             f"{root}: class folder(s) {', '.join(unknown[:5])} are not among the declared "

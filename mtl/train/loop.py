@@ -11,6 +11,7 @@ only on `(seed, s)`, so a resumed run sees what an uninterrupted one would.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -156,24 +157,27 @@ def train(
         source, step, config.num_steps, rows, **prefetch.options(config.get("input"))
     )
     start = time.perf_counter()
-    while step < config.num_steps:
-        batch = parallel.to_global(next(stream), compiled.data_sharding, source.batch_size)
-        state, metrics = compiled.train_step(state, batch)
-        step += 1
-        stop = preemption.should_stop(step)  # once per step, the same on every process
-        log_due = step % config.log_every == 0 or step == config.num_steps
-        save_due = manager.should_save(step) or stop
-        if log_due or save_due:
-            check_finite(experiment, jax.device_get(state.nonfinite), manager.directory)
-        if log_due:
-            at = dataclasses.replace(context, step=step)
-            log(experiment, at, progress, state, jax.device_get(metrics))
-        if save_due:
-            checkpoint.save(manager, step, state, force=stop)
-        if stop:
-            manager.wait_until_finished()
-            logging.info("Stop requested: saved step %d in %s; exiting.", step, manager.directory)
-            return state, True, time.perf_counter() - start
+    with contextlib.closing(stream):  # a stop ends the prefetch threads or workers too
+        while step < config.num_steps:
+            batch = parallel.to_global(next(stream), compiled.data_sharding, source.batch_size)
+            state, metrics = compiled.train_step(state, batch)
+            step += 1
+            stop = preemption.should_stop(step)  # once per step, the same on every process
+            log_due = step % config.log_every == 0 or step == config.num_steps
+            save_due = manager.should_save(step) or stop
+            if log_due or save_due:
+                check_finite(experiment, jax.device_get(state.nonfinite), manager.directory)
+            if log_due:
+                at = dataclasses.replace(context, step=step)
+                log(experiment, at, progress, state, jax.device_get(metrics))
+            if save_due:
+                checkpoint.save(manager, step, state, force=stop)
+            if stop:
+                manager.wait_until_finished()
+                logging.info(
+                    "Stop requested: saved step %d in %s; exiting.", step, manager.directory
+                )
+                return state, True, time.perf_counter() - start
     jax.block_until_ready(state)
     seconds = time.perf_counter() - start
     checkpoint.save(manager, step, state, force=True)
