@@ -1,8 +1,8 @@
 """Two real processes on 127.0.0.1 (CPU collectives through gloo) form one run.
 
-They train (the multi-task loop, then sinusoid MAML), stop on SIGTERM or end at the same step,
-save one Orbax checkpoint together, resume from it, and end with the parameters of a single
-process on a mesh of the same shape.
+They train (the multi-task loop, sinusoid MAML, a run streaming image folders), stop on
+SIGTERM or end at the same step, save one Orbax checkpoint together, resume from it, and end
+with the parameters of a single process on a mesh of the same shape.
 """
 
 import json
@@ -148,3 +148,47 @@ def test_two_processes_meta_train_save_resume_and_match_one_process(tmp_path):
     one_results = json.loads((one / "results.json").read_text())["test"]
     two_results = json.loads((two / "results.json").read_text())["test"]
     assert one_results == two_results  # the same 8 test episodes, split over the processes
+
+
+def test_two_processes_stream_image_folders_as_one_process_does(tmp_path):
+    """Two processes streaming image folders (each decodes only its rows of a batch, see
+    test_image_folder) train what one process with two devices trains, and evaluate every test
+    image once."""
+    from tests.own_data import write_tree
+
+    roots = []
+    for seed, (task, classes) in enumerate({"shapes": 2, "letters": 3}.items()):
+        roots.append(str(tmp_path / "data" / task))
+        write_tree(roots[-1], {f"c{i}": 10 for i in range(classes)}, seed)
+    overrides = {
+        "num_steps": 4,
+        "batch_size": 8,
+        "eval_batch_size": 8,
+        "log_every": 1,
+        "data.image_size": 16,
+        "model.conv4.filters": 8,
+        "optimizer.schedule": "constant",
+        "input.threads": 2,
+    }
+    config = f"configs/image_folder_mtl.py:{','.join(roots)}"
+    local = [sys.executable, "-m", "launch.local", "--num_processes=2"]
+    launcher = [*local, "--cpu_devices_per_process=1", "--grace_s=30", "--"]
+    two = faults.Run(faults.train_command(tmp_path / "two", overrides, config, launcher),
+                     {"XLA_FLAGS": ""})  # fmt: skip
+    assert two.finish(TIMEOUT) == 0, two.text[-3000:]
+    one = subprocess.run(
+        faults.train_command(tmp_path / "one", overrides, config),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
+    )
+    assert one.returncode == 0, one.stderr[-3000:]
+    expected = checkpoint.final_state(str(tmp_path / "one"))["params"]
+    actual = checkpoint.final_state(str(tmp_path / "two"))["params"]
+    jax.tree_util.tree_map(np.testing.assert_array_equal, expected, actual)
+    one_results = json.loads((tmp_path / "one" / "results.json").read_text())["test"]
+    two_results = json.loads((tmp_path / "two" / "results.json").read_text())["test"]
+    assert one_results == two_results
+    assert one_results["letters"]["count"] == 3 * 2  # 20% of 10 images of each of 3 classes
