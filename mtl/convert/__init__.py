@@ -1,4 +1,5 @@
-"""Pretrained checkpoints in: Hugging Face BERT-family models -> our `bert` trunk.
+"""Pretrained checkpoints in: Hugging Face BERT-family models (BERT, RoBERTa, DistilBERT) ->
+our `bert` trunk.
 
     trunk = load_bert("/path/to/hf_model")                 # config.json + model.safetensors
     trunk = bert_from_torch(transformers_bert_model)       # a PyTorch model object at hand
@@ -69,7 +70,13 @@ def _build(config: Mapping[str, Any], weights: Mapping[str, Any], drop, options)
     graphdef, params, _ = nnx.split(nnx.eval_shape(make), nnx.Param, ...)
     # The shapes follow config.json except where `options` override it: name only those fields.
     from_json = {k: v for k, v in config.items() if k not in options}
-    converted = hf_bert.convert(weights, nnx.to_pure_dict(params), drop=drop, config=from_json)
+    converted = hf_bert.convert(
+        weights,
+        nnx.to_pure_dict(params),
+        drop=drop,
+        config=from_json,
+        family=hf_bert.family_of(config),
+    )
     nnx.replace_by_pure_dict(params, _as_jax(converted))
     rest = jax.jit(lambda: nnx.split(make(), nnx.Param, ...)[2])()
     return nnx.merge(graphdef, params, rest)

@@ -1,4 +1,5 @@
-"""A BERT-family text encoder (Devlin et al. 2019) that takes Hugging Face BERT weights.
+"""A BERT-family text encoder (Devlin et al. 2019) that takes Hugging Face BERT, RoBERTa and
+DistilBERT weights.
 
 Input is a dict of int arrays [batch, length] as a BERT tokenizer returns them:
 `input_ids`, `attention_mask` (1 for tokens, 0 for padding) and optionally `token_type_ids`.
@@ -15,6 +16,10 @@ rules and fine-tuning rules can name them: `layers/3/attention/query/kernel`,
 names is the table in `mtl.convert.hf_bert`.
 
 Post-layer-norm blocks as in BERT: `x = norm(x + dropout(sublayer(x)))`.
+
+`dtype="bfloat16"` runs activations and matmuls in bfloat16 with float32 parameters; attention
+scores, softmax and layer-norm statistics stay float32. `remat=True` recomputes each layer's
+activations in the backward pass instead of keeping them (less memory, one more forward).
 """
 
 from __future__ import annotations
@@ -52,25 +57,50 @@ def _dense(cin: int, cout: int, dtype, rngs: nnx.Rngs) -> Dense:
 
 
 class Embeddings(nnx.Module):
-    """Word + position + token-type embeddings, layer norm, dropout."""
+    """Word + position (+ token-type) embeddings, layer norm, dropout.
+
+    Positions count from 0, or, with `position_offset` > 0 (RoBERTa), real tokens count from
+    `position_offset` and padding sits at `position_offset - 1` (RoBERTa's padding index).
+    `type_vocab_size=0` (DistilBERT) builds no token-type table.
+    """
 
     def __init__(
-        self, vocab_size, hidden, max_positions, type_vocab_size, eps, dropout, dtype, rngs
+        self,
+        vocab_size,
+        hidden,
+        max_positions,
+        type_vocab_size,
+        eps,
+        dropout,
+        dtype,
+        rngs,
+        position_offset=0,
     ):
         self.word = nnx.Embed(vocab_size, hidden, embedding_init=_INIT, dtype=dtype, rngs=rngs)
         self.position = nnx.Embed(
             max_positions, hidden, embedding_init=_INIT, dtype=dtype, rngs=rngs
         )
-        self.token_type = nnx.Embed(
-            type_vocab_size, hidden, embedding_init=_INIT, dtype=dtype, rngs=rngs
+        self.token_type = (
+            nnx.Embed(type_vocab_size, hidden, embedding_init=_INIT, dtype=dtype, rngs=rngs)
+            if type_vocab_size
+            else None
         )
         self.norm = nnx.LayerNorm(hidden, epsilon=eps, dtype=dtype, rngs=rngs)
         self.dropout = Dropout(dropout, rngs=rngs)
+        self.position_offset = position_offset
 
-    def __call__(self, ids: jax.Array, types: jax.Array, *, train: bool) -> jax.Array:
-        positions = self.position.embedding[: ids.shape[1]][None]  # positions 0..L-1: a slice
+    def __call__(
+        self, ids: jax.Array, types: jax.Array, mask: jax.Array, *, train: bool
+    ) -> jax.Array:
+        table = self.position.embedding[...]
+        if self.position_offset:
+            counted = jnp.cumsum(mask, axis=1) * mask  # 1, 2, ... on real tokens, 0 on padding
+            positions = _lookup(table, counted + (self.position_offset - 1))
+        else:
+            positions = table[: ids.shape[1]][None]  # positions 0..L-1: a slice
         h = _lookup(self.word.embedding[...], ids) + positions
-        h = h + _lookup(self.token_type.embedding[...], types)
+        if self.token_type is not None:
+            h = h + _lookup(self.token_type.embedding[...], types)
         return self.dropout(self.norm(h), deterministic=not train)
 
 
@@ -103,11 +133,15 @@ class Attention(nnx.Module):
         batch, length, hidden = x.shape
         split = lambda t: t.reshape(batch, length, self.num_heads, hidden // self.num_heads)
         q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(q.shape[-1])
+        # Scores and softmax in float32 whatever the compute dtype (bfloat16 sums lose the
+        # small probabilities).
+        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+        scores = scores / math.sqrt(q.shape[-1])
         # Padding keys get the lowest finite score, as in Hugging Face (not -inf: a row of
         # padding only would give NaN), so even the states at padded positions match theirs.
         scores = jnp.where(key_mask[:, None, None, :], scores, jnp.finfo(scores.dtype).min)
-        probs = self.attention_dropout(jax.nn.softmax(scores, axis=-1), deterministic=not train)
+        probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+        probs = self.attention_dropout(probs, deterministic=not train)
         context = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(batch, length, hidden)
         out = self.dropout(self.output(context), deterministic=not train)
         return self.norm(x + out)
@@ -160,11 +194,18 @@ class Bert(nnx.Module):
         dropout: float = 0.1,
         attention_dropout: float = 0.1,
         pooling: str = "mean",
+        position_offset: int = 0,
         dtype: str = "float32",
+        remat: bool = False,
         rngs: nnx.Rngs,
     ):
         _check_options(
-            input_shape, hidden_size, num_heads, hidden_act, pooling, max_position_embeddings
+            input_shape,
+            hidden_size,
+            num_heads,
+            hidden_act,
+            pooling,
+            max_position_embeddings - position_offset,
         )
         dtype = jnp.dtype(dtype)
         self.embeddings = Embeddings(
@@ -176,6 +217,7 @@ class Bert(nnx.Module):
             dropout,
             dtype,
             rngs,
+            position_offset,
         )
         self.layers = nnx.List(
             [
@@ -198,16 +240,21 @@ class Bert(nnx.Module):
         self.pooler = _dense(hidden_size, hidden_size, dtype, rngs) if pooling == "pooler" else None
         self.pooling = pooling
         self.out_features = hidden_size
+        self.remat = remat
 
     def encode(self, inputs: Mapping[str, jax.Array], *, train: bool = False) -> jax.Array:
         """Last hidden states [batch, length, hidden]."""
         ids = inputs["input_ids"]
         types = inputs.get("token_type_ids")
         types = jnp.zeros_like(ids) if types is None else types
-        key_mask = inputs["attention_mask"].astype(bool)
-        h = self.embeddings(ids, types, train=train)
+        mask = inputs["attention_mask"]
+        h = self.embeddings(ids, types, mask, train=train)
+        key_mask = mask.astype(bool)
         for layer in self.layers:
-            h = layer(h, key_mask, train=train)
+            if self.remat:  # recompute the layer's activations in the backward pass
+                h = nnx.remat(lambda m, x: m(x, key_mask, train=train))(layer, h)
+            else:
+                h = layer(h, key_mask, train=train)
         return h
 
     def __call__(self, inputs: Mapping[str, jax.Array], *, train: bool = False) -> jax.Array:
@@ -268,4 +315,5 @@ ARCHITECTURE = (
     "type_vocab_size",
     "layer_norm_eps",
     "hidden_act",
+    "position_offset",
 )
