@@ -51,6 +51,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.checkpoint = ml_collections.ConfigDict(dict(every=1000, keep=2))
     # Batches made ahead in threads (workers > 0: in worker processes), see mtl.data.prefetch.
     config.input = ml_collections.ConfigDict(dict(threads=2, prefetch=0, workers=0))
+    # float32 | bfloat16: the trunk's compute dtype; parameters stay float32 (mtl.models.precision).
+    config.precision = "float32"
     config.mesh = ml_collections.ConfigDict(dict(data=-1))
     config.baseline = ml_collections.ConfigDict(
         dict(joint=False, steps=0, learning_rate=1e-3, finetune_lrs=(0.01,))

@@ -75,6 +75,8 @@ def get_config(alphabets: str = "") -> ml_collections.ConfigDict:
     config.checkpoint = ml_collections.ConfigDict(dict(every=500, keep=3))
     # Batches made ahead in threads (workers > 0: in worker processes), see mtl.data.prefetch.
     config.input = ml_collections.ConfigDict(dict(threads=2, prefetch=0, workers=0))
+    # float32 | bfloat16: the trunk's compute dtype; parameters stay float32 (mtl.models.precision).
+    config.precision = "float32"
     # Evaluators by name (mtl/runs/evaluators.py); `every` N > 0 also runs one every N steps.
     config.evals = ml_collections.ConfigDict(dict(test=dict(every=0)))
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))

@@ -22,6 +22,7 @@ import optax
 from flax import nnx
 
 from mtl.errors import ConfigError
+from mtl.models import precision as precisions
 from mtl.models.functional import PureModule
 from mtl.models.heads import HEADS
 from mtl.models.trunks import TRUNKS
@@ -45,7 +46,7 @@ class MetaModel:
     def embed(self, params: PyTree, state: PyTree, x: jax.Array, *, train: bool):
         """Trunk features [B, features] and the trunk's updated BN state."""
         z, new = self.trunk.apply(params["trunk"], state["trunk"], x, train=train)
-        return z, {"trunk": new}
+        return precisions.float32(z), {"trunk": new}
 
     def outputs(self, head_params: PyTree, z: jax.Array) -> jax.Array:
         return self.head.apply(head_params, {}, z)[0]
@@ -69,14 +70,17 @@ def build(
     num_outputs: int | None,
     input_shape: tuple[int, ...],
     seed: int,
+    precision: str = "float32",
 ) -> tuple[MetaModel, PyTree, PyTree]:
-    """The trunk named by `model_config.trunk` plus a dense head (none if `num_outputs` is None).
+    """The trunk named by `model_config.trunk` plus a dense head (none if `num_outputs` is None);
+    the trunk computes in `precision` (`mtl.models.precision`), features and head in float32.
 
     Returns `(model, params, state)`.
     """
     name = model_config["trunk"]
     factory = TRUNKS.get(name, field="model.trunk")
     options = TRUNKS.options_from(name, model_config.get(name), field=f"model.{name}")
+    options = precisions.trunk_options(name, options, precision)
     rngs = nnx.Rngs(seed)
     trunk = factory(tuple(input_shape), rngs=rngs, **options)
     pure_trunk, trunk_params, trunk_state = PureModule.split(trunk)

@@ -9,19 +9,23 @@ import jax
 import ml_collections
 from flax import nnx
 
+from mtl.models import precision as precisions
 from mtl.models.heads import HEADS
 from mtl.models.trunks import TRUNKS
 
 
 class MultiTaskModel(nnx.Module):
-    """`trunk(x)` is shared; `heads[task]` maps the representation to that task's outputs."""
+    """`trunk(x)` is shared; `heads[task]` maps the representation to that task's outputs.
+
+    The representation reaches the heads in float32 whatever the trunk computes in.
+    """
 
     def __init__(self, trunk: nnx.Module, heads: Mapping[str, nnx.Module]):
         self.trunk = trunk
         self.heads = nnx.Dict(dict(heads))
 
     def __call__(self, x: Any, *, train: bool = False) -> dict[str, jax.Array]:
-        z = self.trunk(x, train=train)
+        z = precisions.float32(self.trunk(x, train=train))
         return {name: head(z) for name, head in self.heads.items()}
 
 
@@ -35,11 +39,14 @@ def build_model(
     tasks: Sequence,
     input_shape: Sequence[int] | Mapping[str, Sequence[int]],
     seed: int,
+    precision: str = "float32",
 ) -> MultiTaskModel:
-    """Builds the trunk named by `model_config.trunk` and one head per task."""
+    """Builds the trunk named by `model_config.trunk` (computing in `precision`, see
+    `mtl.models.precision`) and one head per task."""
     name = model_config["trunk"]
     factory = TRUNKS.get(name, field="model.trunk")
     options = TRUNKS.options_from(name, model_config.get(name), field=f"model.{name}")
+    options = precisions.trunk_options(name, options, precision)
     rngs = nnx.Rngs(seed)
     # Dict inputs (text: token arrays by name) give a dict of shapes.
     shape = dict(input_shape) if isinstance(input_shape, Mapping) else tuple(input_shape)

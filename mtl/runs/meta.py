@@ -32,7 +32,7 @@ from mtl.errors import ConfigError
 from mtl.meta import curves, families, methods
 from mtl.meta import model as mm
 from mtl.meta.learner import Learner
-from mtl.models import TRUNKS
+from mtl.models import TRUNKS, precision
 from mtl.runs import joint_baseline, meta_eval
 from mtl.train.experiment import EvalContext, Evaluator, Experiment, Result
 from mtl.train.loop import run
@@ -49,7 +49,8 @@ def validate(config: ml_collections.ConfigDict) -> str:
     kind = families.kind(config.data)
     trunk = config.model.trunk
     TRUNKS.get(trunk, field="model.trunk")
-    TRUNKS.options_from(trunk, config.model.get(trunk), field=f"model.{trunk}")
+    options = TRUNKS.options_from(trunk, config.model.get(trunk), field=f"model.{trunk}")
+    precision.trunk_options(trunk, options, precision.of(config))
     methods.check_method(config.meta, kind, config.model.get("head_hidden", ()))
     optim.make_optimizer(config.optimizer, config.num_steps)
     for field in ("num_steps", "log_every"):
@@ -160,7 +161,12 @@ def build_learner(config: ml_collections.ConfigDict, kind: str, input_shape) -> 
     """The model, the learner and the optimizer of a meta-learning config (no data read)."""
     m = config.meta
     model, params, model_state = mm.build(
-        config.model, kind, methods.num_outputs(m, kind), input_shape, config.seed
+        config.model,
+        kind,
+        methods.num_outputs(m, kind),
+        input_shape,
+        config.seed,
+        precision.of(config),
     )
     learner = methods.build(m, model, params, model_state)
     optimizer = optim.make_optimizer(config.optimizer, config.num_steps)

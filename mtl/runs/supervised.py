@@ -25,7 +25,7 @@ import optax
 from mtl import distributed, optim, parallel, sharding
 from mtl.data import arrays, batches, sources
 from mtl.errors import ConfigError, unknown_name
-from mtl.models import TRUNKS, build_model
+from mtl.models import TRUNKS, build_model, precision
 from mtl.models.multitask import MultiTaskModel
 from mtl.runs import evaluators, finetune_stage
 from mtl.runs.supervised_step import Steps, make_steps
@@ -50,7 +50,8 @@ def validate(config: ml_collections.ConfigDict) -> tuple[tuple[Task, ...], Weigh
     tasks = tasks_from_config(config.tasks)
     trunk = config.model.trunk
     TRUNKS.get(trunk, field="model.trunk")
-    TRUNKS.options_from(trunk, config.model.get(trunk), field=f"model.{trunk}")
+    options = TRUNKS.options_from(trunk, config.model.get(trunk), field=f"model.{trunk}")
+    precision.trunk_options(trunk, options, precision.of(config))
     weighting = get_weighting(config.weighting.name, config.weighting.get(config.weighting.name))
     optim.make_optimizer(config.optimizer, config.num_steps)
     sources.SOURCES.get(config.data.name, field="data.name")
@@ -127,7 +128,7 @@ def check(config: ml_collections.ConfigDict):
 def model(config: ml_collections.ConfigDict, tasks, input_shape) -> MultiTaskModel:
     """The model a supervised config trains, LoRA factors included when its strategy adds
     them (to rebuild a finished run, e.g. a distillation teacher)."""
-    built = build_model(config.model, tasks, input_shape, config.seed)
+    built = build_model(config.model, tasks, input_shape, config.seed, precision.of(config))
     if finetune_stage.enabled(config):
         finetune_stage.strategies.prepare_model(built, config.finetune, config.seed)
     return built
@@ -138,7 +139,8 @@ def parts(config: ml_collections.ConfigDict, data: sources.MultiTaskData | None 
     builds the model and the optimizer (through the fine-tuning stage when configured)."""
     tasks, weighting, source = check(config)
     data = load_data(config, tasks) if data is None else data
-    model = build_model(config.model, tasks, arrays.input_shape(data.train), config.seed)
+    shape = arrays.input_shape(data.train)
+    model = build_model(config.model, tasks, shape, config.seed, precision.of(config))
     if not finetune_stage.enabled(config):
         optimizer = optim.make_optimizer(config.optimizer, config.num_steps)
         return Parts(config, tasks, data, model, weighting, optimizer)

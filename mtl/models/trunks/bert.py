@@ -35,6 +35,7 @@ from jax import lax
 from mtl.errors import ConfigError
 from mtl.models.dense import Dense
 from mtl.models.dropout import Dropout
+from mtl.models.remat import remat_call
 from mtl.models.trunks import TRUNKS
 
 POOLINGS = ("mean", "cls", "pooler")
@@ -252,7 +253,7 @@ class Bert(nnx.Module):
         key_mask = mask.astype(bool)
         for layer in self.layers:
             if self.remat:  # recompute the layer's activations in the backward pass
-                h = nnx.remat(lambda m, x: m(x, key_mask, train=train))(layer, h)
+                h = remat_call(layer, h, key_mask, train=train)
             else:
                 h = layer(h, key_mask, train=train)
         return h

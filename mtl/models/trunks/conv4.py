@@ -12,6 +12,8 @@ slices and one matmul (`mtl.models.conv_ops`), which stays fast when `jax.vmap` 
 its own weights, as in the MAML inner loop, and on XLA CPU is also the faster form for one
 gradient (`benchmarks/mtl_step.py --conv`). Parameters and outputs are the same in both forms,
 so checkpoints move freely between them.
+
+`dtype="bfloat16"` computes in bfloat16 with float32 parameters and batch-norm statistics.
 """
 
 from __future__ import annotations
@@ -34,17 +36,29 @@ class ConvBlock(nnx.Module):
     """3x3 conv -> batch norm -> ReLU, downsampling by 2 by stride or max-pool."""
 
     def __init__(
-        self, cin: int, cout: int, *, downsample: str, bn_momentum: float, conv: str, rngs
+        self,
+        cin: int,
+        cout: int,
+        *,
+        downsample: str,
+        bn_momentum: float,
+        conv: str,
+        dtype: str = "float32",
+        rngs,
     ):
         self.stride = 2 if downsample == "stride" else 1
-        self.conv = nnx.Conv(cin, cout, (3, 3), strides=self.stride, padding="SAME", rngs=rngs)
-        self.norm = nnx.BatchNorm(cout, momentum=bn_momentum, rngs=rngs)
+        self.conv = nnx.Conv(
+            cin, cout, (3, 3), strides=self.stride, padding="SAME", dtype=dtype, rngs=rngs
+        )
+        self.norm = nnx.BatchNorm(cout, momentum=bn_momentum, dtype=dtype, rngs=rngs)
         self.max_pool = downsample == "maxpool"
         self.conv_impl = conv
 
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         if self.conv_impl == "matmul":
-            h = conv_matmul(x, self.conv.kernel[...], self.conv.bias[...], self.stride)
+            dtype = self.conv.dtype or x.dtype
+            kernel, bias = self.conv.kernel[...].astype(dtype), self.conv.bias[...].astype(dtype)
+            h = conv_matmul(x.astype(dtype), kernel, bias, self.stride)
         else:
             h = self.conv(x)
         h = nnx.relu(self.norm(h, use_running_average=not train))
@@ -66,6 +80,7 @@ class Conv4(nnx.Module):
         pooling: str = "mean",
         bn_momentum: float = 0.9,
         conv: str = "xla",
+        dtype: str = "float32",
         rngs: nnx.Rngs,
     ):
         if downsample not in ("stride", "maxpool"):
@@ -97,6 +112,7 @@ class Conv4(nnx.Module):
                     downsample=downsample,
                     bn_momentum=bn_momentum,
                     conv=conv,
+                    dtype=dtype,
                     rngs=rngs,
                 )
                 for cin in cins

@@ -1,4 +1,8 @@
-"""A multi-layer perceptron trunk (the MAML sinusoid network is `hidden=(40, 40)`)."""
+"""A multi-layer perceptron trunk (the MAML sinusoid network is `hidden=(40, 40)`).
+
+`dtype="bfloat16"` computes in bfloat16 with float32 parameters (batch-norm statistics in
+float32).
+"""
 
 from __future__ import annotations
 
@@ -21,16 +25,22 @@ class MLP(nnx.Module):
         *,
         hidden: Sequence[int] = (256, 256),
         batch_norm: bool = False,
+        dtype: str = "float32",
         rngs: nnx.Rngs,
     ):
         if not hidden:
             raise ValueError("mlp trunk needs at least one hidden layer (config model.mlp.hidden).")
         sizes = [math.prod(input_shape), *hidden]
         self.layers = nnx.List(
-            [nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
+            [
+                nnx.Linear(a, b, dtype=dtype, rngs=rngs)
+                for a, b in zip(sizes[:-1], sizes[1:], strict=True)
+            ]
         )
         self.norms = nnx.List(
-            [nnx.BatchNorm(b, momentum=0.9, rngs=rngs) for b in hidden] if batch_norm else []
+            [nnx.BatchNorm(b, momentum=0.9, dtype=dtype, rngs=rngs) for b in hidden]
+            if batch_norm
+            else []
         )
         self.out_features = int(hidden[-1])
 
