@@ -67,7 +67,8 @@ class Stage:
 def prepare(
     config: ml_collections.ConfigDict, model: MultiTaskModel, source: restore.TrunkSource | None
 ) -> Stage:
-    """Adds LoRA factors to `model` if the strategy asks, then plans the optimizer."""
+    """Adds LoRA factors or a soft prompt to `model` if the strategy asks, then plans the
+    optimizer."""
     lora_layers = strategies.prepare_model(model, config.finetune, config.seed)
     params = {
         "trunk": _pure(model.trunk),
@@ -86,17 +87,19 @@ def prepare(
 
     def fresh_start(state: TrainState, workdir: str) -> TrainState:
         _copy_tokenizer(config, workdir)
-        if source is None:
-            return state
-        # Loaded arrays come back as host values, the rest as the (global) arrays they were.
-        trunk, report = restore.restored_params(
-            state.params["trunk"],
-            source,
-            keep_fresh=config.init.keep_fresh,
-            skip=config.init.skip,
-        )
-        restored.update({k: len(v) for k, v in report.items()})
-        _log_restore(source, report)
+        trunk = state.params["trunk"]
+        if source is not None:
+            # Loaded arrays come back as host values, the rest as the (global) arrays they were.
+            trunk, report = restore.restored_params(
+                trunk,
+                source,
+                keep_fresh=config.init.keep_fresh,
+                skip=config.init.skip,
+            )
+            restored.update({k: len(v) for k, v in report.items()})
+            _log_restore(source, report)
+        # A prompt initialised from vocabulary embeddings copies the restored ones.
+        trunk = strategies.strategy(config.finetune).initialize(trunk, config.seed)
         return state.replace(params={**state.params, "trunk": trunk})
 
     def info() -> dict[str, Any]:

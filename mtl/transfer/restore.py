@@ -7,7 +7,7 @@ A trunk checkpoint is either
   holds `params/trunk` (only that subtree is read, not the optimizer state).
 
 `restore_trunk` loads every trunk parameter the checkpoint has. Parameters only the new model
-has must match `keep_fresh` (LoRA factors by default) and stay as initialised; checkpoint
+has must match `keep_fresh` (LoRA factors, soft prompts) and stay as initialised; checkpoint
 parameters the new model lacks must match `skip` (the BERT pooler, used only with
 `pooling="pooler"`). LoRA factors of a run restored into a model without LoRA are merged into
 their kernels. Anything else, or a shape mismatch, is one `ConfigError` that lists it all,
@@ -32,7 +32,7 @@ from mtl.paths import flatten, unflatten
 
 MODEL_FILE = "model.json"  # {"trunk": name, name: {options}} of a converted checkpoint
 PARAMS_DIR = "params"
-KEEP_FRESH = (r"lora_[ab]$",)
+KEEP_FRESH = (r"lora_[ab]$", r"^prompt/")
 SKIP = (r"^pooler/",)
 
 

@@ -17,6 +17,8 @@ see `mtl.transfer.partition`) and per group a learning-rate multiplier, a start 
 | `lp_ft`              | linear probe, then fine-tune (Kumar et al. 2022): heads from step 0,   |
 |                      | the trunk from `probe_steps` at `trunk_lr_mult`                        |
 | `lora`               | heads and LoRA factors train; every other weight is frozen             |
+| `prompt_tuning`      | heads and soft prompt vectors (prepended to the input embeddings of a  |
+|                      | bert or decoder trunk) train; every other weight is frozen             |
 
 `finetune.freeze` adds regexes of parameters frozen under any strategy (say
 `"^trunk/embeddings/"`). Groups that start late keep their optimizer state still until they
@@ -38,7 +40,7 @@ from flax import nnx
 from mtl import optim
 from mtl.errors import ConfigError
 from mtl.registry import Registry
-from mtl.transfer import lora, partition
+from mtl.transfer import lora, partition, prompt
 
 FROZEN = "frozen"
 STRATEGIES: Registry = Registry("fine-tuning strategy")
@@ -75,6 +77,11 @@ class Strategy:
         """Changes `model` before training (LoRA adds its factors); the layers changed."""
         del model, seed
         return []
+
+    def initialize(self, trunk_params: Mapping[str, Any], seed: int) -> Mapping[str, Any]:
+        """The trunk's parameters on a fresh start, after any pretrained restore."""
+        del seed
+        return trunk_params
 
 
 @STRATEGIES.register("feature_extraction")
@@ -170,6 +177,35 @@ class LoRA(Strategy):
             targets=self.targets,
             rngs=nnx.Rngs(seed + 1),
         )
+
+
+@STRATEGIES.register("prompt_tuning")
+@dataclasses.dataclass(frozen=True)
+class PromptTuning(Strategy):
+    """Heads and `length` soft prompt vectors train; the trunk is frozen (mtl.transfer.prompt)."""
+
+    length: int = 20
+    init: str = "vocab"  # vocab | random
+
+    def check(self, num_steps):
+        if int(self.length) < 1 or self.init not in prompt.INITS:
+            raise ConfigError(
+                "finetune.prompt_tuning.length must be >= 1 and finetune.prompt_tuning.init one "
+                f"of {', '.join(prompt.INITS)}."
+            )
+
+    def groups(self, params):
+        return [(r"^trunk/prompt/", "prompt"), ("", FROZEN)], {"prompt": Group()}
+
+    def prepare(self, model, seed):
+        return prompt.add_prompt(
+            model.trunk, length=int(self.length), init=self.init, rngs=nnx.Rngs(seed + 1)
+        )
+
+    def initialize(self, trunk_params, seed):
+        if self.init != "vocab":
+            return trunk_params
+        return prompt.init_from_vocabulary(trunk_params, seed + 1)
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -281,7 +317,8 @@ def clip_trainable(plan_: Plan, max_norm: float) -> optax.GradientTransformation
 
 
 def prepare_model(model: nnx.Module, config: Mapping[str, Any], seed: int) -> list[str]:
-    """Adds LoRA factors to the trunk when the strategy is `lora`; returns the layers changed."""
+    """Adds LoRA factors (`lora`) or a soft prompt (`prompt_tuning`) to the trunk; returns the
+    layers added or changed."""
     return strategy(config).prepare(model, seed)
 
 

@@ -91,15 +91,32 @@ class Embeddings(nnx.Module):
         self.position_offset = position_offset
 
     def __call__(
-        self, ids: jax.Array, types: jax.Array, mask: jax.Array, *, train: bool
+        self,
+        ids: jax.Array,
+        types: jax.Array,
+        mask: jax.Array,
+        *,
+        train: bool,
+        prompt: jax.Array | None = None,
     ) -> jax.Array:
+        """Embedded tokens [batch, length, hidden]; with `prompt` [P, hidden] (prompt tuning),
+        the prompt vectors take the place of word embeddings in front of the tokens:
+        [batch, P + length, hidden], with positions (and token type 0) of their own. `mask`
+        covers the tokens only."""
+        words = _lookup(self.word.embedding[...], ids)
+        if prompt is not None:
+            batch, length = ids.shape[0], prompt.shape[0]
+            front = jnp.broadcast_to(prompt.astype(words.dtype), (batch, *prompt.shape))
+            words = jnp.concatenate([front, words], axis=1)
+            mask = jnp.concatenate([jnp.ones((batch, length), mask.dtype), mask], axis=1)
+            types = jnp.concatenate([jnp.zeros((batch, length), types.dtype), types], axis=1)
         table = self.position.embedding[...]
         if self.position_offset:
             counted = jnp.cumsum(mask, axis=1) * mask  # 1, 2, ... on real tokens, 0 on padding
             positions = _lookup(table, counted + (self.position_offset - 1))
         else:
-            positions = table[: ids.shape[1]][None]  # positions 0..L-1: a slice
-        h = _lookup(self.word.embedding[...], ids) + positions
+            positions = table[: words.shape[1]][None]  # positions 0..L-1: a slice
+        h = words + positions
         if self.token_type is not None:
             h = h + _lookup(self.token_type.embedding[...], types)
         return self.dropout(self.norm(h), deterministic=not train)
@@ -242,21 +259,34 @@ class Bert(nnx.Module):
         self.pooling = pooling
         self.out_features = hidden_size
         self.remat = remat
+        self.max_positions = max_position_embeddings - position_offset
+        self.prompt = nnx.data(None)  # a `SoftPrompt` under prompt tuning (mtl.transfer.prompt)
 
     def encode(self, inputs: Mapping[str, jax.Array], *, train: bool = False) -> jax.Array:
-        """Last hidden states [batch, length, hidden]."""
+        """Last hidden states [batch, length, hidden] of the tokens (the states at a soft
+        prompt's positions, which every token attends to, are left out)."""
         ids = inputs["input_ids"]
         types = inputs.get("token_type_ids")
         types = jnp.zeros_like(ids) if types is None else types
         mask = inputs["attention_mask"]
-        h = self.embeddings(ids, types, mask, train=train)
+        prompt = None if self.prompt is None else self.prompt.embedding[...]
+        if prompt is not None and ids.shape[1] + prompt.shape[0] > self.max_positions:
+            raise ConfigError(
+                f"{ids.shape[1]} tokens + a prompt of {prompt.shape[0]} exceed the model's "
+                f"{self.max_positions} positions: lower --config.data.max_length or "
+                "finetune.prompt_tuning.length."
+            )
+        h = self.embeddings(ids, types, mask, train=train, prompt=prompt)
+        skip = 0 if prompt is None else prompt.shape[0]
+        if skip:
+            mask = jnp.concatenate([jnp.ones((ids.shape[0], skip), mask.dtype), mask], axis=1)
         key_mask = mask.astype(bool)
         for layer in self.layers:
             if self.remat:  # recompute the layer's activations in the backward pass
                 h = remat_call(layer, h, key_mask, train=train)
             else:
                 h = layer(h, key_mask, train=train)
-        return h
+        return h[:, skip:]
 
     def __call__(self, inputs: Mapping[str, jax.Array], *, train: bool = False) -> jax.Array:
         h = self.encode(inputs, train=train)
