@@ -22,7 +22,9 @@ anchoring to `params/` shards its moments the same way. The spec is one of:
 An axis name the mesh lacks, a spec longer than the array's rank, or a split that does not
 divide a dimension is a `ConfigError` naming the leaf.
 
-Ready-made rule sets live in `PRESETS` and are chosen with `config.sharding.preset` (say
+Ready-made rule sets live in `PRESETS` (and in each trunk module's `SHARDING_PRESETS`:
+`resnet_fsdp`, `vit_fsdp`, `vit_megatron`, `decoder_fsdp`, `decoder_megatron`; `presets()`
+lists them all) and are chosen with `config.sharding.preset` (say
 `--config.sharding.preset=bert_fsdp`); `config.sharding.rules` come first, so they can
 override a preset's rules for some paths.
 """
@@ -66,14 +68,22 @@ PRESETS: dict[str, tuple[Rule, ...]] = {
 }
 
 
+def presets() -> dict[str, tuple[Rule, ...]]:
+    """Every preset: those above and those the trunk modules define."""
+    from mtl.models.trunks import SHARDING_PRESETS
+
+    return {**PRESETS, **SHARDING_PRESETS}
+
+
 def config_rules(config: Any) -> tuple[Rule, ...]:
     """The rules of a config's `sharding` section: its `rules`, then its `preset`'s."""
     section = config.get("sharding") or {}
     rules = tuple(section.get("rules") or ())
     preset = section.get("preset") or ""
-    if preset and preset not in PRESETS:
-        raise unknown_name("sharding preset", preset, PRESETS, field="sharding.preset")
-    return rules + PRESETS.get(preset, ())
+    known = presets()
+    if preset and preset not in known:
+        raise unknown_name("sharding preset", preset, known, field="sharding.preset")
+    return rules + tuple(known.get(preset, ()))
 
 
 def check_rules(rules: Sequence[Rule], mesh: Mesh) -> list[tuple[re.Pattern, Any]]:

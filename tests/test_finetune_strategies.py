@@ -273,3 +273,19 @@ def test_lora_targets_that_match_nothing():
     model, _ = tiny_model()
     with pytest.raises(ConfigError, match="match no linear layer.*layers/0/attention/key"):
         lora.add_lora(model.trunk, rank=2, alpha=2.0, targets="nothing_here", rngs=nnx.Rngs(0))
+
+
+def test_llrd_sees_the_decoder_layers_and_puts_its_final_norm_on_top():
+    from mtl.models.trunks.decoder import Decoder
+
+    trunk = Decoder(vocab_size=32, hidden_size=8, num_layers=3, num_heads=2, num_kv_heads=2,
+                    intermediate_size=16, max_position_embeddings=16, rngs=nnx.Rngs(0))  # fmt: skip
+    params = {"trunk": nnx.to_pure_dict(nnx.state(trunk, nnx.Param)), "heads": {}}
+    config = strategies.default_config()
+    config.strategy = "llrd"
+    plan = strategies.plan(config, params)
+    assert strategies.num_layers(params) == 3
+    labels = partition.label_params(params, plan.rules)
+    assert labels["trunk"]["norm"]["scale"] == "pooler"  # top: full learning rate
+    assert labels["trunk"]["layers"][0]["attention"]["query"]["kernel"] == "layer_0"
+    assert plan.groups["layer_0"].lr_mult == pytest.approx(0.8**3)

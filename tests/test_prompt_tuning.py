@@ -68,3 +68,25 @@ def test_prompt_tuning_trains_only_the_prompt_and_heads(
     for row in np.asarray(init):
         assert np.any(np.all(words == row, axis=1))
     assert np.abs(trained["prompt/embedding"] - np.asarray(init)).max() > 0
+
+
+def test_a_decoder_takes_a_prompt_before_its_tokens():
+    from mtl.models.trunks.decoder import Decoder
+
+    trunk = Decoder(vocab_size=64, hidden_size=16, num_layers=2, num_heads=4, num_kv_heads=2,
+                    intermediate_size=32, max_position_embeddings=32, rngs=nnx.Rngs(0))  # fmt: skip
+    inputs = {
+        "input_ids": jnp.asarray([[5, 6, 7, 8], [9, 10, 0, 0]]),
+        "attention_mask": jnp.asarray([[1, 1, 1, 1], [1, 1, 0, 0]]),
+    }
+    plain = np.asarray(trunk(inputs))
+    prompt.add_prompt(trunk, length=3, init="random", rngs=nnx.Rngs(1))
+    prompted = np.asarray(trunk(inputs))
+    assert prompted.shape == plain.shape == (2, 16)
+    assert np.abs(prompted - plain).max() > 1e-3
+    assert trunk.logits(trunk.encode(inputs)).shape == (2, 4, 64)
+    trained = prompt.init_from_vocabulary(nnx.to_pure_dict(nnx.state(trunk, nnx.Param)), seed=0)[
+        "prompt"
+    ]["embedding"]
+    words = np.asarray(trunk.embeddings.word.embedding[...])
+    assert all(np.any(np.all(words == row, axis=1)) for row in np.asarray(trained))

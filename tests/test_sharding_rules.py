@@ -179,3 +179,12 @@ def test_loop_trains_sharded_and_resumes_under_another_mesh(
         supervised.train(config, str(tmp_path))
     assert "at step 2." in caplog.text
     assert checkpoint.read_on_host(str(tmp_path / "checkpoints"))["step"] == 3
+
+
+def test_trunk_modules_add_their_presets():
+    from mtl import sharding
+    from mtl.models.trunks import decoder
+
+    config = {"sharding": {"preset": "decoder_megatron", "rules": ()}}
+    assert sharding.config_rules(config) == tuple(decoder.SHARDING_PRESETS["decoder_megatron"])
+    assert {"bert_fsdp", "decoder_fsdp", "decoder_megatron"} <= set(sharding.presets())

@@ -257,7 +257,8 @@ def _per_layer(params: Mapping[str, Any]) -> tuple[Rules, dict[str, int]]:
     rules = (
         [("^trunk/embeddings/", "embeddings")]
         + [(f"^trunk/layers/{i}/", f"layer_{i}") for i in range(count)]
-        + [("^trunk/pooler/", "pooler")]
+        # The top: a pooler, a final norm (pre-norm transformers), an untied LM head.
+        + [("^trunk/(pooler|norm|lm_head)/", "pooler")]
     )
     depth = {"pooler": 0, "embeddings": count + 1} | {f"layer_{i}": count - i for i in range(count)}
     return rules, depth

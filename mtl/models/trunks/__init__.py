@@ -9,7 +9,9 @@ Each trunk is one file in this package that registers a factory in `TRUNKS`:
         def __call__(self, x, *, train: bool): ...  # -> [batch, out_features]
 
 Keyword options with defaults become config fields (`--config.model.conv4.filters=32`).
-Every module in this package is imported below, so adding a trunk is adding one file.
+Every module in this package is imported below, so adding a trunk is adding one file. A module
+may define `SHARDING_PRESETS = {name: rules}` for its trunk (`mtl.sharding`); they are
+collected here.
 """
 
 import importlib
@@ -19,5 +21,8 @@ from mtl.registry import Registry
 
 TRUNKS: Registry = Registry("trunk")
 
+SHARDING_PRESETS: dict = {}
+
 for _module in pkgutil.iter_modules(__path__):
-    importlib.import_module(f"{__name__}.{_module.name}")
+    _loaded = importlib.import_module(f"{__name__}.{_module.name}")
+    SHARDING_PRESETS.update(getattr(_loaded, "SHARDING_PRESETS", {}))
