@@ -24,6 +24,7 @@ import numpy as np
 import optax
 
 from mtl.errors import ConfigError, DataError, unknown_name
+from mtl.models import causal_lm
 from mtl.models.heads import HEAD_DEFAULTS, HEADS
 
 PerExample = Callable[[jax.Array, jax.Array], jax.Array]
@@ -60,6 +61,8 @@ LOSSES: dict[str, PerExample] = {
     "sigmoid_cross_entropy": _sigmoid_cross_entropy,
     "mse": _squared_error,
     "l1": _absolute_error,
+    # Logits [B, L, vocab] of the trunk's LM head against the token ids (-1 at padding).
+    "causal_lm": causal_lm.sequence_nll,
 }
 
 METRICS: dict[str, PerExample] = {
@@ -72,10 +75,12 @@ METRICS: dict[str, PerExample] = {
     ),
     "mse": _squared_error,
     "mae": _absolute_error,
+    "next_token_accuracy": causal_lm.next_token_accuracy,
+    "nll": causal_lm.sequence_nll,
 }
 
 # Metrics where lower is better; Delta-m flips their sign.
-LOWER_IS_BETTER = frozenset({"mse", "mae"})
+LOWER_IS_BETTER = frozenset({"mse", "mae", "nll"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,6 +177,8 @@ def check_labels(tasks: Sequence[Task], labels: Mapping[str, np.ndarray], masks,
             )
         y = np.asarray(labels[task.label])[np.asarray(masks[task.label], bool)]
         if y.size == 0:
+            continue
+        if task.loss == "causal_lm":  # token ids: the LM head's vocabulary is the check
             continue
         if task.loss == "softmax_cross_entropy":  # class indices
             low, high = int(y.min()), int(y.max())

@@ -8,9 +8,10 @@ them with by default (`HEAD_DEFAULTS`), which the task config may override.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from mtl.models.gradient_reversal import gradient_reversal
@@ -23,6 +24,8 @@ HEAD_DEFAULTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "classification": ("softmax_cross_entropy", ("accuracy",)),
     "multilabel": ("sigmoid_cross_entropy", ("label_accuracy", "exact_match")),
     "regression": ("mse", ("mse", "mae")),
+    # The trunk's own LM head over every position (decoder trunks): next-token prediction.
+    "causal_lm": ("causal_lm", ("nll", "next_token_accuracy")),
 }
 
 
@@ -39,6 +42,9 @@ class DenseHead(nnx.Module):
         self.out = nnx.Linear(sizes[-1], num_outputs, rngs=rngs)
 
     def __call__(self, z: jax.Array) -> jax.Array:
+        if isinstance(z, Mapping):  # a trunk that also returns LM logits (causal_lm tasks)
+            z = z["pooled"]
+        z = z.astype(jnp.float32)  # heads and losses in float32 under bfloat16 (precision)
         for layer in self.hidden:
             z = nnx.relu(layer(z))
         return self.out(z)
@@ -60,7 +66,19 @@ class GradientReversalHead(DenseHead):
         return super().__call__(gradient_reversal(z, self.reversal_scale))
 
 
-for _name in HEAD_DEFAULTS:
+class CausalLMHead(nnx.Module):
+    """A task that reads the trunk's own next-token logits [batch, length, vocab] (a decoder
+    built with `lm_outputs`, which returns `{"pooled", "logits"}`); no parameters of its own."""
+
+    def __init__(self, in_features: int, num_outputs: int, *, hidden=(), rngs=None):
+        del in_features, num_outputs, hidden, rngs
+
+    def __call__(self, z: Mapping[str, jax.Array]) -> jax.Array:
+        return z["logits"]
+
+
+for _name in ("classification", "multilabel", "regression"):
     HEADS.register(_name)(DenseHead)
+HEADS.register("causal_lm")(CausalLMHead)
 HEAD_DEFAULTS["domain_adversarial"] = HEAD_DEFAULTS["classification"]
 HEADS.register("domain_adversarial")(GradientReversalHead)

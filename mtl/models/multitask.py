@@ -9,23 +9,22 @@ import jax
 import ml_collections
 from flax import nnx
 
+from mtl.errors import ConfigError
 from mtl.models import precision as precisions
 from mtl.models.heads import HEADS
 from mtl.models.trunks import TRUNKS
 
 
 class MultiTaskModel(nnx.Module):
-    """`trunk(x)` is shared; `heads[task]` maps the representation to that task's outputs.
-
-    The representation reaches the heads in float32 whatever the trunk computes in.
-    """
+    """`trunk(x)` is shared; `heads[task]` maps the representation to that task's outputs
+    (in float32, whatever the trunk computes in)."""
 
     def __init__(self, trunk: nnx.Module, heads: Mapping[str, nnx.Module]):
         self.trunk = trunk
         self.heads = nnx.Dict(dict(heads))
 
     def __call__(self, x: Any, *, train: bool = False) -> dict[str, jax.Array]:
-        z = precisions.float32(self.trunk(x, train=train))
+        z = self.trunk(x, train=train)
         return {name: head(z) for name, head in self.heads.items()}
 
 
@@ -51,6 +50,14 @@ def build_model(
     # Dict inputs (text: token arrays by name) give a dict of shapes.
     shape = dict(input_shape) if isinstance(input_shape, Mapping) else tuple(input_shape)
     trunk = factory(shape, rngs=rngs, **options)
+    language = [t.name for t in tasks if t.head == "causal_lm"]
+    if language:
+        if not hasattr(trunk, "lm_outputs"):
+            raise ConfigError(
+                f"Task(s) {', '.join(language)} use the causal_lm head, which reads the trunk's "
+                f"next-token logits; the {name} trunk has none (use model.trunk=decoder)."
+            )
+        trunk.lm_outputs = True  # the trunk returns its logits beside the pooled vector
     heads = {
         task.name: HEADS.get(task.head)(
             trunk.out_features, task.num_outputs, hidden=task.head_hidden, rngs=rngs

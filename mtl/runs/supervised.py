@@ -17,6 +17,7 @@ replace what they change, wrap the pure `Steps` and call `experiment(parts, step
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 import ml_collections
@@ -25,7 +26,7 @@ import optax
 from mtl import distributed, optim, parallel, sharding
 from mtl.data import arrays, batches, sources
 from mtl.errors import ConfigError, unknown_name
-from mtl.models import TRUNKS, build_model, precision
+from mtl.models import TRUNKS, build_model, causal_lm, precision
 from mtl.models.multitask import MultiTaskModel
 from mtl.runs import evaluators, finetune_stage
 from mtl.runs.supervised_step import Steps, make_steps
@@ -77,10 +78,31 @@ def load_data(config: ml_collections.ConfigDict, tasks) -> sources.MultiTaskData
     """The configured data set, restricted to the tasks' label fields and checked against them."""
     # Process 0 prepares the data set first: the others then read what it prepared.
     data = distributed.first_on_process_0(lambda: sources.load(config.data), "load_data")
+    data = data.map(lambda ds: with_lm_labels(ds, tasks))
     for split, ds in (("train", data.train), ("test", data.test)):
         check_labels(tasks, ds["labels"], ds["masks"], split)
     fields = sorted({t.label for t in tasks})
     return data.map(lambda ds: arrays.select_fields(ds, fields))
+
+
+def with_lm_labels(ds: dict, tasks) -> dict:
+    """`ds` with the labels of its causal-LM tasks: the tokens themselves (-1 at padding),
+    under each task's label field."""
+    language = [t for t in tasks if t.loss == "causal_lm"]
+    if not language:
+        return ds
+    if not isinstance(ds["inputs"], Mapping) or "input_ids" not in ds["inputs"]:
+        raise ConfigError(
+            f"Task {language[0].name!r} is a causal_lm task, which needs tokenised text inputs "
+            "(a text data source such as text_table)."
+        )
+    labels, mask = causal_lm.lm_labels(ds["inputs"])
+    fields = {t.label for t in language}
+    return {
+        **ds,
+        "labels": {**ds["labels"], **dict.fromkeys(fields, labels)},
+        "masks": {**ds["masks"], **dict.fromkeys(fields, mask)},
+    }
 
 
 def require_mixed(config: ml_collections.ConfigDict) -> None:
@@ -139,6 +161,7 @@ def parts(config: ml_collections.ConfigDict, data: sources.MultiTaskData | None 
     builds the model and the optimizer (through the fine-tuning stage when configured)."""
     tasks, weighting, source = check(config)
     data = load_data(config, tasks) if data is None else data
+    data = data.map(lambda ds: with_lm_labels(ds, tasks))  # data handed in as it is
     shape = arrays.input_shape(data.train)
     model = build_model(config.model, tasks, shape, config.seed, precision.of(config))
     if not finetune_stage.enabled(config):

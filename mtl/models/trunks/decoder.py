@@ -300,6 +300,8 @@ class Decoder(nnx.Module):
         self.tie_embeddings = tie_embeddings
         self.out_features = hidden_size
         self.prompt = nnx.data(None)  # a `SoftPrompt` under prompt tuning (mtl.transfer.prompt)
+        # Set by `build_model` for causal_lm tasks: then calls return the logits as well.
+        self.lm_outputs = False
 
     # --- full sequences ---------------------------------------------------------------------
 
@@ -310,8 +312,15 @@ class Decoder(nnx.Module):
     def __call__(self, inputs: Mapping[str, jax.Array], *, train: bool = False) -> jax.Array:
         """The hidden state of each sequence's last real token [batch, hidden] (right or left
         padding alike)."""
-        h = self.encode(inputs, train=train)
-        return h[jnp.arange(h.shape[0]), last_real(inputs["attention_mask"])]
+        hidden = self.encode(inputs, train=train)
+        pooled = self.pool(hidden, inputs)
+        if self.lm_outputs:  # one pass serves the LM tasks and those reading the pooled vector
+            return {"pooled": pooled, "logits": self.logits(hidden)}
+        return pooled
+
+    def pool(self, hidden: jax.Array, inputs: Mapping[str, jax.Array]) -> jax.Array:
+        """The states `encode` returned, at each sequence's last real token [batch, hidden]."""
+        return hidden[jnp.arange(hidden.shape[0]), last_real(inputs["attention_mask"])]
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """Next-token logits [..., vocab] in float32 (the matmul in `dtype`, summed in float32)."""
