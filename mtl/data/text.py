@@ -101,6 +101,15 @@ def tokenize(
     With `pairs`, each example is the sentence pair `(sentences[i], pairs[i])`."""
     if not isinstance(max_length, int) or max_length < 2:
         raise ConfigError(f"max_length must be an int >= 2, got {max_length!r}.")
+    if tokenizer.pad_token is None:
+        # Decoder tokenizers (GPT-2, Llama) have none: pad with end-of-text, masked anyway.
+        if tokenizer.eos_token is None:
+            raise ConfigError(
+                "The tokenizer has neither a padding nor an end-of-text token: add a pad_token "
+                "to its tokenizer_config.json."
+            )
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"  # the trunks read the last real token from the mask
     encoded = tokenizer(
         list(sentences),
         None if pairs is None else list(pairs),
