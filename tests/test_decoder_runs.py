@@ -2,11 +2,11 @@
 text table: a classification task on the last real token beside a causal-LM task."""
 
 import json
-import shutil
 
 import numpy as np
 
 from mtl.convert import write_checkpoint
+from mtl.data import text
 from mtl.runs import supervised
 from tests.own_data import write_table
 
@@ -18,12 +18,7 @@ def _tiny_llama(path, tokenizer_dir) -> str:
                             num_attention_heads=4, num_key_value_heads=2, intermediate_size=32,
                             max_position_embeddings=64, tie_word_embeddings=True)  # fmt: skip
     tf.LlamaForCausalLM(config).save_pretrained(path, safe_serialization=True)
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-        source = f"{tokenizer_dir}/{name}"
-        try:
-            shutil.copy(source, path)
-        except FileNotFoundError:
-            pass
+    text.copy_tokenizer(tokenizer_dir, str(path))  # any tokenizer: the vocabularies agree
     return str(path)
 
 

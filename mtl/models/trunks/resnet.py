@@ -31,6 +31,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mtl.errors import ConfigError, DataError
+from mtl.models.remat import remat_call
 from mtl.models.trunks import TRUNKS
 
 # depth -> (block, blocks per stage); torchvision's and timm's table.
@@ -251,11 +252,8 @@ class ResNet(nnx.Module):
         """The last feature map [batch, h, w, out_features] (timm's `forward_features`)."""
         check_images("resnet", x.shape, self.in_channels)
         h = self.embeddings(x, train=train)
-        for layer in self.layers:
-            if self.remat:  # recompute the block's activations in the backward pass
-                h = nnx.remat(lambda m, v: m(v, train=train))(layer, h)
-            else:
-                h = layer(h, train=train)
+        for layer in self.layers:  # remat: recompute each block's activations in the backward pass
+            h = remat_call(layer, h, train=train) if self.remat else layer(h, train=train)
         return h
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mtl.errors import ConfigError
+from mtl.models.remat import remat_call
 from mtl.models.trunks import TRUNKS
 from mtl.models.trunks.resnet import (
     Downsample,
@@ -97,9 +98,6 @@ class ResNet12(nnx.Module):
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         check_images("resnet12", x.shape, self.in_channels, MIN_SIZE)
         h = x
-        for layer in self.layers:
-            if self.remat:  # recompute the block's activations in the backward pass
-                h = nnx.remat(lambda m, v: m(v, train=train))(layer, h)
-            else:
-                h = layer(h, train=train)
+        for layer in self.layers:  # remat: recompute each block's activations in the backward pass
+            h = remat_call(layer, h, train=train) if self.remat else layer(h, train=train)
         return jnp.mean(h, axis=(1, 2))

@@ -16,8 +16,8 @@ Parameter paths follow the `bert` trunk where the role is the same, so that LoRA
 targets, the sharding presets and the fine-tuning strategies apply unchanged:
 `embeddings/patch/kernel`, `embeddings/cls_token`, `embeddings/position`,
 `layers/{i}/attention/norm|query|key|value|output`, `layers/{i}/norm|intermediate|output`, and
-the final norm at `pooler/norm` (the top of the trunk, where layer-wise learning-rate decay and
-gradual unfreezing put BERT's pooler).
+the final norm `norm` (which layer-wise learning-rate decay and gradual unfreezing put at the
+top, with BERT's pooler).
 
 `dtype="bfloat16"` runs activations and matmuls in bfloat16 with float32 parameters; attention
 scores, softmax and layer-norm statistics stay float32. `remat=True` recomputes each block's
@@ -36,6 +36,7 @@ from jax import lax
 
 from mtl.errors import ConfigError, DataError
 from mtl.models.dense import Dense
+from mtl.models.remat import remat_call
 from mtl.models.trunks import TRUNKS
 from mtl.models.trunks.resnet import check_images, compute_dtype
 
@@ -129,19 +130,6 @@ class Block(nnx.Module):
         return x + self.output(gelu(self.intermediate(self.norm(x))))
 
 
-class Pooler(nnx.Module):
-    """The final layer norm (over every token, as timm's `norm`), then the pooling."""
-
-    def __init__(self, hidden, eps, pooling, dtype, rngs):
-        self.norm = _layer_norm(hidden, eps, dtype, rngs)
-        self.pooling = pooling
-
-    def __call__(self, tokens: jax.Array) -> jax.Array:
-        if self.pooling == "cls":
-            return self.norm(tokens[:, 0])  # the norm is per token: only the one read
-        return jnp.mean(self.norm(tokens[:, 1:]), axis=1)
-
-
 @TRUNKS.register("vit")
 class ViT(nnx.Module):
     """timm's VisionTransformer without its classifier. Defaults are ViT-B/16 at 224x224.
@@ -181,7 +169,8 @@ class ViT(nnx.Module):
                 for _ in range(depth)
             ]
         )
-        self.pooler = Pooler(hidden_size, layer_norm_eps, pooling, compute, rngs)
+        self.norm = _layer_norm(hidden_size, layer_norm_eps, compute, rngs)
+        self.pooling = pooling
         self.out_features = hidden_size
         self.remat = remat
 
@@ -194,20 +183,21 @@ class ViT(nnx.Module):
                 f"The vit trunk was built for {size}x{size} images (model.vit.image_size), got "
                 f"{x.shape[1]}x{x.shape[2]}."
             )
-        # remat: recompute each block's activations in the backward pass
-        block = nnx.remat(Block.__call__) if self.remat else Block.__call__
         h = self.embeddings(x)
-        for layer in self.layers:
-            h = block(layer, h)
+        for layer in self.layers:  # remat: recompute each block's activations in the backward pass
+            h = remat_call(layer, h) if self.remat else layer(h)
         return h
 
     def encode(self, x: jax.Array) -> jax.Array:
         """Final-normed tokens [batch, 1 + patches, hidden] ([CLS] first)."""
-        return self.pooler.norm(self._blocks(x))
+        return self.norm(self._blocks(x))
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         del train  # no dropout, no batch statistics
-        return self.pooler(self._blocks(x))
+        tokens = self._blocks(x)
+        if self.pooling == "cls":
+            return self.norm(tokens[:, 0])  # the norm is per token: only the one read
+        return jnp.mean(self.norm(tokens[:, 1:]), axis=1)
 
 
 def _check_options(input_shape, image_size, patch_size, hidden_size, num_heads, pooling):
