@@ -17,8 +17,9 @@ def _tiny_llama(path, tokenizer_dir) -> str:
     config = tf.LlamaConfig(vocab_size=30522, hidden_size=16, num_hidden_layers=2,
                             num_attention_heads=4, num_key_value_heads=2, intermediate_size=32,
                             max_position_embeddings=64, tie_word_embeddings=True)  # fmt: skip
+    # Any tokenizer of this vocabulary size; copied first, the model's config.json replaces its.
+    text.copy_tokenizer(tokenizer_dir, str(path))
     tf.LlamaForCausalLM(config).save_pretrained(path, safe_serialization=True)
-    text.copy_tokenizer(tokenizer_dir, str(path))  # any tokenizer: the vocabularies agree
     return str(path)
 
 
