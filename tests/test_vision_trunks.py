@@ -464,3 +464,23 @@ def test_layerwise_strategies_see_the_blocks(name, count):
             assert next(iter(jax.tree.leaves(labels["trunk"]["embeddings"]))) == "embeddings"
     if name == "vit":  # the final norm trains with the top, as BERT's pooler
         assert labels["trunk"]["norm"]["scale"] == "pooler"
+
+
+def test_lora_on_conv4_convolutions_acts_in_both_conv_forms():
+    """conv4's matmul form reads the kernel itself: the LoRA update must reach it too."""
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from mtl.models.trunks.conv4 import Conv4
+    from mtl.transfer import lora
+
+    x = jnp.asarray(np.random.default_rng(0).random((2, 16, 16, 1)), jnp.float32)
+    outputs = {}
+    for form in ("xla", "matmul"):
+        trunk = Conv4((16, 16, 1), filters=4, conv=form, rngs=nnx.Rngs(0))
+        lora.add_lora(trunk, rank=2, alpha=4.0, targets=r"conv$", rngs=nnx.Rngs(1))
+        before = np.asarray(trunk(x, train=False))
+        trunk.blocks[0].conv.lora_b[...] = jnp.ones_like(trunk.blocks[0].conv.lora_b[...])
+        outputs[form] = np.asarray(trunk(x, train=False))
+        assert np.abs(outputs[form] - before).max() > 1e-3
+    np.testing.assert_allclose(outputs["xla"], outputs["matmul"], atol=1e-5)

@@ -57,7 +57,10 @@ class ConvBlock(nnx.Module):
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         if self.conv_impl == "matmul":
             dtype = self.conv.dtype or x.dtype
-            kernel, bias = self.conv.kernel[...].astype(dtype), self.conv.bias[...].astype(dtype)
+            kernel = self.conv.kernel[...]
+            if hasattr(self.conv, "lora_a"):  # LoRA on this conv: its update joins the kernel
+                kernel = kernel + self.conv.scale * (self.conv.lora_a[...] @ self.conv.lora_b[...])
+            kernel, bias = kernel.astype(dtype), self.conv.bias[...].astype(dtype)
             h = conv_matmul(x.astype(dtype), kernel, bias, self.stride)
         else:
             h = self.conv(x)
