@@ -115,7 +115,13 @@ def test_lora_run_resume_and_restore_from_its_workdir(
     assert results["mpqa"]["count"] == 40 and 0.0 <= results["mpqa"]["accuracy"] <= 1.0
     with open(os.path.join(workdir, "finetune.json")) as f:
         info = json.load(f)
-    assert info["restored"] == {"loaded": 37, "fresh": 24, "skipped": 2, "merged": 0}
+    assert info["restored"] == {
+        "loaded": 37,
+        "fresh": 24,
+        "skipped": 2,
+        "merged": 0,
+        "statistics": 0,
+    }
     assert info["lora_layers"] == 12
     heads = 32 * 6 + 6 + 32 * 2 + 2
     # rank 2: q, k, v, attention output are 32 -> 32; intermediate 32 -> 64, output 64 -> 32

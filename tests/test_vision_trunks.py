@@ -484,3 +484,83 @@ def test_lora_on_conv4_convolutions_acts_in_both_conv_forms():
         outputs[form] = np.asarray(trunk(x, train=False))
         assert np.abs(outputs[form] - before).max() > 1e-3
     np.testing.assert_allclose(outputs["xla"], outputs["matmul"], atol=1e-5)
+
+
+def test_a_converted_resnet_checkpoint_starts_a_run_with_its_running_statistics(tmp_path):
+    """torchvision weights -> `write_vision_checkpoint` -> `init.checkpoint` of an image-folder
+    run: the trunk the run starts from computes torchvision's features (weights and batch-norm
+    running statistics restored), and the run trains from it."""
+    import json
+
+    import torch
+
+    from mtl.convert import write_vision_checkpoint
+    from mtl.runs import supervised
+    from mtl.transfer import restore
+    from tests.own_data import write_tree
+    from tests.test_transfer import toy_supervised_config
+
+    reference = _torchvision("resnet18").eval()
+    _randomise_batch_norm(reference)
+    _, pth = _save(reference, tmp_path)
+    model = write_vision_checkpoint(pth, str(tmp_path / "ckpt"), family="resnet")
+    assert model["resnet"] == {"depth": 18, "width": 64, "stem": "imagenet"}
+    assert (tmp_path / "ckpt" / "state").is_dir()  # the running statistics
+
+    fresh = _model("resnet", depth=18, width=64)
+    report = restore.restore_trunk(fresh.trunk, restore.find_source(str(tmp_path / "ckpt")))
+    assert len(report["statistics"]) == 2 * 20  # mean and var of the 20 batch norms
+    images = _images((32, 32, 3))
+    with torch.no_grad():
+        expected = torch.flatten(reference.avgpool(_features(reference, _nchw(images))), 1)
+    ours = np.asarray(fresh.trunk(jnp.asarray(images), train=False))
+    np.testing.assert_allclose(ours, expected.numpy(), atol=1e-4 * np.abs(ours).max())
+
+    root = tmp_path / "birds"
+    write_tree(str(root), {"a": 6, "b": 6}, seed=0)
+    config = toy_supervised_config(num_steps=2)
+    config.batch_size = 8
+    config.data = dict(name="image_folder", roots={"birds": str(root)}, image_size=32, channels=3)
+    config.tasks = {"birds": dict(head="classification", num_outputs=2)}
+    config.model.trunk = "resnet"
+    config.model.resnet.update(model["resnet"])
+    config.init = dict(checkpoint=str(tmp_path / "ckpt"), keep_fresh=restore.KEEP_FRESH,
+                       skip=restore.SKIP)  # fmt: skip
+    from mtl.transfer import strategies
+
+    config.finetune = strategies.default_config()
+    config.finetune.strategy = "llrd"
+    config.trainer = "finetune"
+    workdir = tmp_path / "run"
+    supervised.train(config, str(workdir))
+    info = json.loads((workdir / "finetune.json").read_text())
+    assert info["restored"]["statistics"] == 40 and info["restored"]["fresh"] == 0
+
+
+def _features(model, x):
+    """torchvision ResNet up to its last stage."""
+    x = model.maxpool(model.relu(model.bn1(model.conv1(x))))
+    return model.layer4(model.layer3(model.layer2(model.layer1(x))))
+
+
+def test_convert_cli_takes_a_vit_file_and_names_missing_heads(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    _, pth = _save(_timm("vit_tiny_patch16_224", depth=1, img_size=32, patch_size=16), tmp_path)
+
+    def convert(*args):
+        return subprocess.run([sys.executable, "-m", "launch.convert", *args], cwd=REPO,
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
+
+    missing = convert(f"--weights={pth}", "--family=vit", f"--out={tmp_path / 'a'}")
+    assert missing.returncode == 2 and "number of heads" in missing.stderr
+    assert not (tmp_path / "a").exists()
+    done = convert(f"--weights={pth}", "--family=vit", "--num_heads=3", f"--out={tmp_path / 'b'}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    model = json.loads((tmp_path / "b" / "model.json").read_text())
+    assert model["trunk"] == "vit" and model["vit"]["num_heads"] == 3
+    assert model["vit"]["image_size"] == 32 and model["vit"]["depth"] == 1

@@ -106,22 +106,66 @@ def bert_from_torch(model: Any, *, drop: Iterable[str] = (), **options: Any) -> 
 
 def write_checkpoint(hf_dir: str, out_dir: str, *, drop: Iterable[str] = ()) -> dict[str, Any]:
     """Converts `hf_dir` (any model `read_hf_model` takes) into a checkpoint directory at
-    `out_dir` (see the module docstring).
+    `out_dir` (see the module docstring). Returns what `model.json` holds."""
+    from mtl.data import text
 
-    Refuses to write into an existing non-empty directory, and writes into a temporary
-    directory next to it that is renamed at the end, so a failed conversion leaves nothing
-    behind and never damages earlier output. Returns what `model.json` holds.
-    """
+    _check_out(out_dir)
+    text.check_tokenizer_dir(hf_dir, field="hf_dir")
+    name, trunk, options = read_hf_model(hf_dir, drop=drop)
+    return _write(out_dir, trunk, {"trunk": name, name: options}, hf_dir, tokenizer=True)
+
+
+# Vision families: the trunk they convert to and its loader (mtl.convert.vision).
+VISION_FAMILIES = ("resnet", "vit")
+
+
+def write_vision_checkpoint(
+    weights: str, out_dir: str, *, family: str, drop: Iterable[str] = (), **options: Any
+) -> dict[str, Any]:
+    """Converts a torchvision / timm ResNet or a timm ViT file (.safetensors or a PyTorch state
+    dict) into a checkpoint directory at `out_dir`: `params/`, `state/` (batch-norm running
+    statistics, ResNets) and `model.json` with the architecture read from the tensors.
+
+    `options` fix what the tensors do not tell (`num_heads` of a ViT)."""
+    from mtl.convert import vision
+    from mtl.convert.table import read_weights
+
+    if family not in VISION_FAMILIES:
+        raise DataError(
+            f"Unknown vision family {family!r}: one of {', '.join(VISION_FAMILIES)} (--family)."
+        )
+    _check_out(out_dir)
+    tensors = read_weights(weights)
+    if family == "resnet":
+        trunk = vision.resnet_from_weights(tensors, drop=drop, **options)
+        found = vision.resnet_options(tensors) | options
+    else:
+        if "num_heads" not in options:
+            raise DataError(
+                "A ViT's number of heads is not in its tensors: give it (--num_heads; timm's "
+                "tiny 3, small 6, base 12, large 16)."
+            )
+        trunk = vision.vit_from_weights(tensors, drop=drop, **options)
+        found = vision.vit_options(tensors) | options
+    # What the weights fix (not run choices such as dtype, remat or pooling).
+    run_choices = ("dtype", "remat", "pooling", "bn_momentum")
+    model = {"trunk": family, family: {k: v for k, v in found.items() if k not in run_choices}}
+    return _write(out_dir, trunk, model, weights, tokenizer=False)
+
+
+def _check_out(out_dir: str) -> None:
+    out_dir = os.path.abspath(out_dir)
+    if os.path.exists(out_dir) and os.listdir(out_dir):
+        raise DataError(f"{out_dir} exists and is not empty; choose a new output directory.")
+
+
+def _write(out_dir: str, trunk: nnx.Module, model: dict, source: str, tokenizer: bool) -> dict:
+    """Writes the checkpoint directory into a temporary directory next to `out_dir`, renamed
+    at the end: a failed conversion leaves nothing behind and never damages earlier output."""
     from mtl import checkpoint
     from mtl.data import text
 
     out_dir = os.path.abspath(out_dir)
-    if os.path.exists(out_dir) and os.listdir(out_dir):
-        raise DataError(f"{out_dir} exists and is not empty; choose a new output directory.")
-    text.check_tokenizer_dir(hf_dir, field="hf_dir")
-    name, trunk, options = read_hf_model(hf_dir, drop=drop)
-    model = {"trunk": name, name: options}
-
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
@@ -129,9 +173,13 @@ def write_checkpoint(hf_dir: str, out_dir: str, *, drop: Iterable[str] = ()) -> 
     try:
         params = nnx.to_pure_dict(nnx.state(trunk, nnx.Param))
         checkpoint.write_tree(os.path.join(tmp, "params"), {"trunk": params})
+        stats = nnx.to_pure_dict(nnx.state(trunk, nnx.BatchStat))
+        if stats:  # batch-norm running statistics: restored with the weights
+            checkpoint.write_tree(os.path.join(tmp, "state"), {"trunk": stats})
         with open(os.path.join(tmp, "model.json"), "w") as f:
-            json.dump(model | {"source": os.path.abspath(hf_dir)}, f, indent=2)
-        text.copy_tokenizer(hf_dir, tmp)
+            json.dump(model | {"source": os.path.abspath(source)}, f, indent=2)
+        if tokenizer:
+            text.copy_tokenizer(source, tmp)
         if os.path.exists(out_dir):
             os.rmdir(out_dir)  # empty, checked above
         os.rename(tmp, out_dir)

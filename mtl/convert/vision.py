@@ -182,6 +182,20 @@ def resnet_options(weights: Mapping[str, Any]) -> dict[str, Any]:
     return {"depth": depth, "width": int(stem[0]), "stem": "imagenet" if stem[2] == 7 else "cifar"}
 
 
+def resnet_from_weights(
+    weights: Mapping[str, Any], *, drop: Iterable[str] = (), **options: Any
+) -> ResNet:
+    """A `resnet` trunk from checkpoint tensors already read (`read_weights`)."""
+    return _resnet(weights, drop, options)
+
+
+def vit_from_weights(
+    weights: Mapping[str, Any], *, drop: Iterable[str] = (), **options: Any
+) -> ViT:
+    """A `vit` trunk from checkpoint tensors already read; `num_heads` among the options."""
+    return _vit(weights, drop, options)
+
+
 def _resnet(weights: Mapping[str, Any], drop: Iterable[str], options: Mapping[str, Any]) -> ResNet:
     options = _agreed("resnet", resnet_options(weights), options)
     channels = np.shape(weights[_names(weights)["conv1.weight"]])[1]

@@ -96,6 +96,10 @@ def prepare(
                 keep_fresh=config.init.keep_fresh,
                 skip=config.init.skip,
             )
+            model_state = dict(state.model_state)
+            model_state["trunk"], stats = restore.restored_stats(model_state["trunk"], source)
+            state = state.replace(model_state=model_state)
+            report["statistics"] = stats
             restored.update({k: len(v) for k, v in report.items()})
             _log_restore(source, report)
         # A prompt initialised from vocabulary embeddings copies the restored ones.

@@ -32,6 +32,9 @@ from mtl.paths import flatten, unflatten
 
 MODEL_FILE = "model.json"  # {"trunk": name, name: {options}} of a converted checkpoint
 PARAMS_DIR = "params"
+STATE_DIR = "state"  # batch-norm running statistics of a converted checkpoint, if any
+# Trunk state restored with the weights: batch-norm running statistics (not RNG counters).
+RUNNING_STATS = re.compile(r"/(mean|var)$")
 KEEP_FRESH = (r"lora_[ab]$", r"^prompt/")
 SKIP = (r"^pooler/",)
 
@@ -43,6 +46,9 @@ class TrunkSource:
     trunk: str  # trunk name
     options: dict[str, Any]  # the trunk's options as saved
     lora_scale: float | None = None  # alpha / rank when the run trained LoRA factors
+    # Where the trunk's batch-norm running statistics are (an Orbax checkpoint), if anywhere.
+    state_path: str | None = None
+    state_select: tuple[str, ...] = ()
 
 
 def find_source(path: str) -> TrunkSource:
@@ -52,8 +58,14 @@ def find_source(path: str) -> TrunkSource:
     if os.path.isfile(os.path.join(path, MODEL_FILE)):
         with open(os.path.join(path, MODEL_FILE)) as f:
             model = json.load(f)
+        state = os.path.join(path, STATE_DIR)
         return TrunkSource(
-            os.path.join(path, PARAMS_DIR), ("trunk",), model["trunk"], model[model["trunk"]]
+            os.path.join(path, PARAMS_DIR),
+            ("trunk",),
+            model["trunk"],
+            model[model["trunk"]],
+            state_path=state if os.path.isdir(state) else None,
+            state_select=("trunk",),
         )
     config_path = os.path.join(path, "config.json")
     steps_dir = os.path.join(path, "checkpoints")
@@ -69,7 +81,15 @@ def find_source(path: str) -> TrunkSource:
             scale = finetune["lora"]["alpha"] / finetune["lora"]["rank"]
         params = os.path.join(steps_dir, str(steps[-1]), "default")
         options = model.get(model["trunk"]) or {}
-        return TrunkSource(params, ("params", "trunk"), model["trunk"], options, scale)
+        return TrunkSource(
+            params,
+            ("params", "trunk"),
+            model["trunk"],
+            options,
+            scale,
+            state_path=params,
+            state_select=("model_state", "trunk"),
+        )
     raise DataError(
         f"{path} is neither a converted checkpoint ({MODEL_FILE} + {PARAMS_DIR}/, made by "
         "`python -m launch.convert`) nor a run workdir (config.json + checkpoints/)."
@@ -102,14 +122,20 @@ def restore_trunk(
     keep_fresh: Sequence[str] = KEEP_FRESH,
     skip: Sequence[str] = SKIP,
 ) -> dict[str, list[str]]:
-    """Loads the checkpoint's trunk parameters into `trunk` in place; returns the paths
-    `loaded`, kept `fresh`, `skipped` and LoRA factors `merged` into their kernels."""
+    """Loads the checkpoint's trunk parameters (and batch-norm running statistics) into
+    `trunk` in place; returns the paths `loaded`, kept `fresh`, `skipped`, LoRA factors
+    `merged` into their kernels, and the `statistics` restored."""
     state = nnx.state(trunk, nnx.Param)
     params, report = restored_params(
         nnx.to_pure_dict(state), source, keep_fresh=keep_fresh, skip=skip
     )
     nnx.replace_by_pure_dict(state, params)
     nnx.update(trunk, state)
+    stats = nnx.state(trunk, nnx.BatchStat)
+    if stats:
+        values, report["statistics"] = restored_stats(nnx.to_pure_dict(stats), source)
+        nnx.replace_by_pure_dict(stats, values)
+        nnx.update(trunk, stats)
     return report
 
 
@@ -135,6 +161,36 @@ def restored_params(
     cast = {p: jax.numpy.asarray(values[p], fresh[p].dtype) for p in loaded}
     report = {"loaded": loaded, "fresh": only_fresh, "skipped": only_saved, "merged": merge}
     return unflatten({p: cast.get(p, v) for p, v in fresh.items()}), report
+
+
+def restored_stats(
+    state: Mapping[str, Any], source: TrunkSource
+) -> tuple[dict[str, Any], list[str]]:
+    """`state` (a trunk's pure non-parameter state) with the checkpoint's batch-norm running
+    statistics where it has them, and their paths. A shape mismatch is a `ConfigError`."""
+    fresh = flatten(state)
+    wanted = [p for p in fresh if RUNNING_STATS.search(p)]
+    if source.state_path is None or not wanted:
+        return dict(state), []
+    try:
+        saved = flatten(checkpoint.tree_shapes(source.state_path, source.state_select))
+    except Exception:  # a checkpoint without that subtree: no statistics to restore
+        return dict(state), []
+    found = [p for p in wanted if p in saved]
+    mismatched = [
+        f"{p}: checkpoint {tuple(saved[p].shape)}, model {tuple(fresh[p].shape)}"
+        for p in found
+        if tuple(saved[p].shape) != tuple(fresh[p].shape)
+    ]
+    if mismatched:
+        raise ConfigError(
+            f"The trunk checkpoint's batch-norm statistics do not fit the model: "
+            f"{', '.join(mismatched[:8])}. Build the model with the checkpoint's options."
+        )
+    like = unflatten({p: saved[p] for p in found})
+    values = flatten(checkpoint.read_subtree(source.state_path, source.state_select, like))
+    cast = {p: jax.numpy.asarray(values[p], fresh[p].dtype) for p in found}
+    return unflatten({p: cast.get(p, v) for p, v in fresh.items()}), found
 
 
 def _fit(fresh, saved, source, keep_fresh, skip):
