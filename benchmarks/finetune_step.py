@@ -14,6 +14,8 @@ in [seq_len / 2, seq_len]) and is identical for both; tokens per second count pa
 
 Timings alternate between the two in `--rounds` rounds of `--steps` steps after warm-up, and
 the medians are compared, so load from other processes hits both alike.
+`--precision=float32,bfloat16` times both: ours with the trunk in bfloat16 (float32
+parameters), PyTorch under `torch.autocast`.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import time
 
 from absl import flags
 
+from benchmarks import precision
 from mtl import allocator, entry
 
 _BATCH = flags.DEFINE_integer("batch_size", 32, "Sentences per step.")
@@ -54,7 +57,7 @@ def make_batch(batch: int, seq: int, vocab: int, seed: int = 0):
     return {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}, labels
 
 
-def ours(hf_dir: str, inputs, labels, dropout: float):
+def ours(hf_dir: str, inputs, labels, dropout: float, dtype: str = "float32"):
     """`(run, hlo_text)`: `run(n)` takes n of our compiled fine-tuning steps on the converted
     weights; `hlo_text` is the compiled step's HLO."""
     import jax
@@ -70,7 +73,9 @@ def ours(hf_dir: str, inputs, labels, dropout: float):
     from mtl.transfer import strategies
     from mtl.weighting import get_weighting
 
-    trunk = load_bert(hf_dir, dropout=dropout, attention_dropout=dropout, pooling="mean")
+    trunk = load_bert(
+        hf_dir, dropout=dropout, attention_dropout=dropout, pooling="mean", dtype=dtype
+    )
     tasks = tasks_from_config({"task": dict(head="classification", num_outputs=NUM_CLASSES)})
     head = HEADS.get("classification")(trunk.out_features, NUM_CLASSES, rngs=nnx.Rngs(1))
     model = MultiTaskModel(trunk, {"task": head})
@@ -99,7 +104,7 @@ def ours(hf_dir: str, inputs, labels, dropout: float):
     return run, step.as_text()
 
 
-def peer(hf_dir: str, inputs, labels, dropout: float):
+def peer(hf_dir: str, inputs, labels, dropout: float, dtype: str = "float32"):
     """The same step in PyTorch on transformers' BertModel."""
     import torch
     from transformers import BertModel
@@ -121,9 +126,10 @@ def peer(hf_dir: str, inputs, labels, dropout: float):
     def run(n: int):
         for _ in range(n):
             optimizer.zero_grad(set_to_none=True)
-            hidden = model(**batch).last_hidden_state
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-            loss = torch.nn.functional.cross_entropy(head(pooled), target)
+            with precision.autocast(dtype):
+                hidden = model(**batch).last_hidden_state
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+                loss = torch.nn.functional.cross_entropy(head(pooled).float(), target)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
@@ -143,11 +149,11 @@ def main(argv):
     hf_dir = package_dir()
     inputs, labels = make_batch(_BATCH.value, _SEQ.value, vocab=30522)
     tokens = _BATCH.value * _SEQ.value
-    run_ours, hlo_text = ours(hf_dir, inputs, labels, _DROPOUT.value)
-    sides = {
-        "ours (JAX)": run_ours,
-        "PyTorch": peer(hf_dir, inputs, labels, _DROPOUT.value),
-    }
+    sides, hlo_texts = {}, {}
+    for dtype in precision.PRECISION.value:
+        name = f"ours {dtype}"
+        sides[name], hlo_texts[name] = ours(hf_dir, inputs, labels, _DROPOUT.value, dtype)
+        sides[f"PyTorch {dtype}"] = peer(hf_dir, inputs, labels, _DROPOUT.value, dtype)
     for run in sides.values():  # compile / warm up
         run(2)
     times = {name: [] for name in sides}
@@ -166,15 +172,21 @@ def main(argv):
     medians = {name: statistics.median(ts) for name, ts in times.items()}
     for name, median in medians.items():
         spread = ", ".join(f"{t:.2f}" for t in times[name])
-        print(f"  {name:<11s} {median:7.3f} s/step  {tokens / median:9.0f} tokens/s  ({spread})")
-    ratio = medians["PyTorch"] / medians["ours (JAX)"]
-    print(f"  ratio (ours tokens/s / PyTorch tokens/s): {ratio:.2f}")
+        print(f"  {name:<16s} {median:7.3f} s/step  {tokens / median:9.0f} tokens/s  ({spread})")
+    for dtype in precision.PRECISION.value:
+        ratio = medians[f"PyTorch {dtype}"] / medians[f"ours {dtype}"]
+        print(f"  ratio {dtype} (ours tokens/s / PyTorch tokens/s): {ratio:.2f}")
     if _PROFILE.value:
         from benchmarks import torch_ops, xla_ops
 
-        report = xla_ops.report(run_ours, _STEPS.value, hlo_text=hlo_text)
-        print(f"\nours (JAX):\n{report}")
-        print(f"PyTorch:\n{torch_ops.report(sides['PyTorch'], _STEPS.value)}")
+        for dtype in precision.PRECISION.value:
+            report = xla_ops.report(
+                sides[f"ours {dtype}"], _STEPS.value, hlo_text=hlo_texts[f"ours {dtype}"]
+            )
+            print(f"\nours ({dtype}):\n{report}")
+            print(
+                f"PyTorch ({dtype}):\n{torch_ops.report(sides[f'PyTorch {dtype}'], _STEPS.value)}"
+            )
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ the whole meta-step: inner step per task, query loss, meta-gradient, Adam update
   one `backward()` per task.
 
 Rounds alternate between the implementations, so all see the same machine load; medians.
+`--precision=float32,bfloat16` times both precisions (ours with `config.precision`, the
+peers under `torch.autocast`), each compared with the fastest peer of the same precision.
 
     .venv/bin/python -m benchmarks.maml_step --rounds=3 --steps=3
     .venv/bin/python -m benchmarks.maml_step --peers= --profile   # where our step's time goes
@@ -30,7 +32,7 @@ import optax
 import torch
 from absl import flags
 
-from benchmarks import xla_ops
+from benchmarks import precision, xla_ops
 from mtl import allocator, entry, parallel
 from mtl.meta import maml
 from mtl.meta import model as mm
@@ -67,20 +69,21 @@ def make_episodes(seed: int = 0, tasks: int = META_BATCH, queries: int = QUERIES
 
 
 # ---- ours ------------------------------------------------------------------------------------
-def our_learner(conv: str, filters: int = FILTERS):
+def our_learner(conv: str, filters: int = FILTERS, dtype: str = "float32"):
     """`(learner, meta_params, bn_state)`: second-order MAML, one inner step, on conv4."""
     config = default_config()
     config.trunk = "conv4"
     config.conv4.update(filters=filters, downsample="stride", pooling="mean", conv=conv)
-    model, params, state = mm.build(config, "classification", WAYS, (SIZE, SIZE, 1), seed=0)
+    shape = (SIZE, SIZE, 1)
+    model, params, state = mm.build(config, "classification", WAYS, shape, seed=0, precision=dtype)
     learner = maml.build(model, params, state, maml.MamlOptions(inner_lr=INNER_LR))
     meta, mstate = learner.init(params, state)
     return learner, meta, mstate
 
 
-def ours(conv: str, episodes: dict):
+def ours(conv: str, episodes: dict, dtype: str = "float32"):
     """`(compile_seconds, step, hlo_text)`: our jitted meta-step on one device, compiled."""
-    learner, meta, mstate = our_learner(conv)
+    learner, meta, mstate = our_learner(conv, dtype=dtype)
     tx = optax.adam(META_LR)
     train_state = TrainState.create(meta, mstate, tx, seed=0, losses=("meta-loss",))
     mesh = parallel.make_mesh({"data": 1})
@@ -220,13 +223,17 @@ def higher_step(episodes: dict):
 def main(argv):
     del argv
     episodes = make_episodes()
-    runs, compile_times, hlo_texts = {}, {}, {}
-    for conv in _CONV.value:
-        name = f"ours (jax, conv={conv})"
-        compile_times[name], runs[name], hlo_texts[name] = ours(conv, episodes)
+    runs, compile_times, hlo_texts, precisions = {}, {}, {}, {}
     peers = {"torch.func": torch_func_step, "higher": higher_step}
-    for peer in _PEERS.value:
-        runs[peer] = peers[peer](episodes)
+    for dtype in precision.PRECISION.value:
+        for conv in _CONV.value:
+            name = f"ours (jax, conv={conv}, {dtype})"
+            compile_times[name], runs[name], hlo_texts[name] = ours(conv, episodes, dtype)
+            precisions[name] = dtype
+        for peer in _PEERS.value:
+            name = f"{peer} ({dtype})"
+            runs[name] = precision.in_precision(peers[peer](episodes), dtype)
+            precisions[name] = dtype
     for run in runs.values():
         run()  # warm-up: first-call costs (allocations, autotuning) out of the timings
     times = {k: [] for k in runs}
@@ -248,10 +255,14 @@ def main(argv):
     for name, t in med.items():
         compiled = f"{compile_times[name]:.1f}" if name in compile_times else "-"
         print(f"| {name} | {t:.3f} | {compiled} |")
-    peer_times = {k: v for k, v in med.items() if k in peers}
-    if peer_times:
-        fastest = min(peer_times, key=peer_times.get)
-        for name in compile_times:
+    for name in compile_times:
+        peer_times = {
+            k: v
+            for k, v in med.items()
+            if k not in compile_times and precisions[k] == precisions[name]
+        }
+        if peer_times:
+            fastest = min(peer_times, key=peer_times.get)
             print(
                 f"{name} / fastest peer ({fastest}): {med[name] / peer_times[fastest]:.2f}x "
                 "the time per step"

@@ -16,6 +16,10 @@ load; the medians over rounds are printed, then the ratios.
     .venv/bin/python -m benchmarks.mtl_step --rounds=5 --steps=10
     .venv/bin/python -m benchmarks.mtl_step --layout=per_task --conv=matmul
     .venv/bin/python -m benchmarks.mtl_step --rounds=1 --profile=equal,pcgrad  # op breakdown
+    .venv/bin/python -m benchmarks.mtl_step --precision=float32,bfloat16  # a table for each
+
+In bfloat16 ours runs the trunk with `config.precision="bfloat16"` and the peer its forward
+passes under `torch.autocast`.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import scipy.optimize
 import torch
 from absl import flags
 
-from benchmarks import xla_ops
+from benchmarks import precision, xla_ops
 from mtl import allocator, entry
 from mtl.models import build_model, default_config
 from mtl.runs.supervised_step import make_steps
@@ -83,7 +87,7 @@ def make_batch(num_tasks: int, batch: int, seed: int = 0, grouped: bool = False)
 # --- ours ------------------------------------------------------------------------------------
 
 
-def ours(name: str, options: dict, batch: dict, num_tasks: int):
+def ours(name: str, options: dict, batch: dict, num_tasks: int, dtype: str = "float32"):
     """`(run, hlo_text)`: `run(n)` times n of our compiled train steps (seconds per step)."""
     tasks = tasks_from_config(
         {f"t{t}": dict(head="classification", num_outputs=_CLASSES) for t in range(num_tasks)}
@@ -91,7 +95,7 @@ def ours(name: str, options: dict, batch: dict, num_tasks: int):
     config = default_config()
     config.conv4.filters = _FILTERS.value
     config.conv4.conv = _CONV.value
-    model = build_model(config, tasks, (28, 28, 1), seed=0)
+    model = build_model(config, tasks, (28, 28, 1), seed=0, precision=dtype)
     steps = make_steps(
         model,
         tasks,
@@ -162,7 +166,7 @@ def _min_norm(k: np.ndarray, iters: int = 250) -> np.ndarray:
 
 
 def _cagrad(grads: torch.Tensor, calpha=0.5) -> torch.Tensor:  # LibMTL CAGrad.backward
-    gg = (grads @ grads.t()).numpy().astype(np.float64)
+    gg = (grads @ grads.t()).float().numpy().astype(np.float64)
     num = len(gg)
     b = np.ones(num) / num
     c = calpha * np.sqrt(gg.mean() + 1e-8) + 1e-8
@@ -179,7 +183,7 @@ def _cagrad(grads: torch.Tensor, calpha=0.5) -> torch.Tensor:  # LibMTL CAGrad.b
 def _nash(grads: torch.Tensor) -> torch.Tensor:
     """Nash-MTL's weights (K alpha = 1/alpha); the official cvxpy solve is replaced by scipy's
     L-BFGS-B on the same convex potential (cvxpy is not installed here)."""
-    k = (grads @ grads.t()).numpy().astype(np.float64)
+    k = (grads @ grads.t()).float().numpy().astype(np.float64)
     k = k / np.linalg.norm(k)
     alpha = scipy.optimize.minimize(
         lambda a: 0.5 * a @ k @ a - np.sum(np.log(a)),
@@ -258,7 +262,7 @@ def peer(method: str, batch: dict, num_tasks: int):
                 for r in reps:
                     r.grad = None
             zg = torch.stack(zg)
-            w = _min_norm((zg @ zg.t()).numpy().astype(np.float64))
+            w = _min_norm((zg @ zg.t()).float().numpy().astype(np.float64))
             combined = (torch.tensor(w, dtype=zg.dtype)[:, None] * zg).sum(0)
             pieces = combined.split([z.numel() for z in zs])
             torch.autograd.backward(
@@ -292,13 +296,31 @@ def peer(method: str, batch: dict, num_tasks: int):
 
 def main(argv):
     del argv
+    for dtype in precision.PRECISION.value:
+        table(dtype)
+
+
+def _autocast(run, dtype: str):
+    """A peer's `run(n) -> seconds` with its steps under `torch.autocast` for `dtype`."""
+    if run is None:
+        return None
+
+    def wrapped(n: int) -> float:
+        with precision.autocast(dtype):
+            return run(n)
+
+    return wrapped
+
+
+def table(dtype: str) -> None:
+    """Times every method in `dtype` and prints the table."""
     num_tasks = _TASKS.value
     batch = make_batch(num_tasks, _BATCH.value, grouped=_LAYOUT.value == "per_task")
     runners, hlo_texts = [], {}
     for label, name, options, peer_method in METHODS:
-        run_ours, hlo_texts[label] = ours(name, options, batch, num_tasks)
+        run_ours, hlo_texts[label] = ours(name, options, batch, num_tasks, dtype)
         run_peer = peer(peer_method, batch, num_tasks) if peer_method else None
-        runners.append((label, run_ours, run_peer))
+        runners.append((label, run_ours, _autocast(run_peer, dtype)))
     times = {label: ([], []) for label, _, _ in runners}
     for _ in range(_ROUNDS.value):
         for label, run_ours, run_peer in runners:
@@ -312,7 +334,7 @@ def main(argv):
     ours_eq, peer_eq = med["equal"]
     print(
         f"{num_tasks} tasks, conv4 ({_FILTERS.value} filters, ours conv={_CONV.value}), "
-        f"batch {_BATCH.value}, layout {_LAYOUT.value}, "
+        f"batch {_BATCH.value}, layout {_LAYOUT.value}, precision {dtype}, "
         f"{_ROUNDS.value} rounds x {_STEPS.value} steps, medians; torch threads "
         f"{torch.get_num_threads()}, jax devices {jax.device_count()}, "
         f"malloc {allocator.current_allocator()}"

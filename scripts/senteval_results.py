@@ -8,6 +8,8 @@ Runs, each skipped when its results are already under --root (so the command res
 1. `probe`: frozen trunk, mean-pooled features computed once, softmax regression per task;
 2. `full`: full fine-tuning, one run per task;
 3. `lora`: LoRA on all attention and feed-forward projections, one run per task;
+   `prompt`: prompt tuning (`--prompt_length` soft prompt vectors, the trunk frozen), one run
+   per task (not in the default parts);
 4. `mtl`: one run on all tasks together (one head each, equal loss weights);
 5. `pairs`: every pair of `--pair_tasks` trained together, for the transfer matrix (its
    "all tasks" column, from `mtl`, covers every task).
@@ -54,6 +56,9 @@ _LR_FULL = flags.DEFINE_float("lr_full", 1e-4, "Peak learning rate of full fine-
 _LR_LORA = flags.DEFINE_float("lr_lora", 1e-3, "Peak learning rate with LoRA.")
 _RANK = flags.DEFINE_integer("lora_rank", 8, "LoRA rank.")
 _ALPHA = flags.DEFINE_float("lora_alpha", 16.0, "LoRA alpha (the update is scaled by alpha/rank).")
+_LR_PROMPT = flags.DEFINE_float("lr_prompt", 3e-2, "Peak learning rate of prompt tuning.")
+_PROMPT_LENGTH = flags.DEFINE_integer("prompt_length", 20, "Soft prompt vectors.")
+_MARKER = flags.DEFINE_string("marker", "senteval-results", "Name of the page's markers.")
 _README = flags.DEFINE_string("readme", None, "README to write the results into (markers).")
 _RUN = flags.DEFINE_bool("run", True, "Run what is missing; with --norun only render what exists.")
 # Tests import several of these scripts into one process, and their flags share names
@@ -73,12 +78,14 @@ for _holder in (
     _LR_LORA,
     _RANK,
     _ALPHA,
+    _LR_PROMPT,
+    _PROMPT_LENGTH,
+    _MARKER,
     _README,
     _RUN,
 ):
     flags.FLAGS[_holder.name].allow_override = True
 
-BEGIN, END = "<!-- senteval-results:begin -->", "<!-- senteval-results:end -->"
 
 
 def config_for(tasks: list[str], strategy: str, checkpoint: str):
@@ -102,6 +109,9 @@ def config_for(tasks: list[str], strategy: str, checkpoint: str):
         config.optimizer.learning_rate = _LR_LORA.value
         config.finetune.lora.rank = _RANK.value
         config.finetune.lora.alpha = _ALPHA.value
+    if strategy == "prompt_tuning":
+        config.optimizer.learning_rate = _LR_PROMPT.value
+        config.finetune.prompt_tuning.length = _PROMPT_LENGTH.value
     return config
 
 
@@ -170,7 +180,7 @@ def span(values) -> str:
     return f"{low:,} per task" if low == high else f"{low:,}–{high:,} per task"
 
 
-def render(tasks, probe, full, lora, mtl, pairs) -> str:
+def render(tasks, probe, full, lora, mtl, pairs, prompt=None) -> str:
     lines = ["| method | " + " | ".join(tasks) + " | mean | trainable params | wall time |"]
     lines.append("|" + " --- |" * (len(tasks) + 4))
 
@@ -190,7 +200,11 @@ def render(tasks, probe, full, lora, mtl, pairs) -> str:
             span([v["trainable_params"] for v in probe.values()]),
             f"{sum(v['seconds'] for v in probe.values()):.0f} s",
         )
-    for name, runs in (("full fine-tuning", full), (f"LoRA (r={_RANK.value})", lora)):
+    for name, runs in (
+        ("full fine-tuning", full),
+        (f"LoRA (r={_RANK.value})", lora),
+        (f"prompt tuning ({_PROMPT_LENGTH.value} vectors)", prompt or {}),
+    ):
         if runs:
             row(
                 name,
@@ -222,7 +236,9 @@ def budgets(steps_full: int) -> str:
         f"{steps_full} steps), AdamW, warm-up (10%) + cosine, global-norm clipping 1.0, dropout "
         f"0.1, peak learning rate {_LR_FULL.value:g} (full, multi-task) and {_LR_LORA.value:g} "
         f"(LoRA r={_RANK.value}, alpha={_ALPHA.value:g}, on query/key/value/attention output/"
-        "intermediate/output of every layer; heads train too). Linear probe: features of the "
+        f"intermediate/output of every layer; heads train too), {_LR_PROMPT.value:g} (prompt "
+        f"tuning: {_PROMPT_LENGTH.value} vectors initialised from random vocabulary embeddings, "
+        "the trunk frozen, heads train too). Linear probe: features of the "
         "frozen trunk computed once, softmax regression (standardised features, L2 1e-3, 500 "
         "full-batch Adam steps). One seed. Wall time: whole runs (data, compilation, training, "
         "evaluation) on 2 CPU cores shared with other jobs, summed over the tasks' runs."
@@ -242,24 +258,34 @@ def main(argv):
     checkpoint = converted_package(os.path.join(_ROOT.value, "minilm"))
     tasks, parts = list(_TASKS.value), set(_PARTS.value)
     probe = probe_run(checkpoint) if "probe" in parts else {}
-    full, lora, pairs = {}, {}, {}
-    for strategy, runs in (("full", full), ("lora", lora)):
-        if strategy in parts:
+    full, lora, prompt, pairs = {}, {}, {}, {}
+    for part, strategy, runs in (
+        ("full", "full", full),
+        ("lora", "lora", lora),
+        ("prompt", "prompt_tuning", prompt),
+    ):
+        if part in parts:
             for t in tasks:
-                runs[t] = finetune_run(f"{strategy}_{t}", [t], strategy, checkpoint)
+                runs[t] = finetune_run(f"{part}_{t}", [t], strategy, checkpoint)
     mtl = finetune_run("mtl_all", tasks, "full", checkpoint) if "mtl" in parts else None
     if "pairs" in parts:
         pair_tasks = sorted(t for t in tasks if t in _PAIR_TASKS.value)
         for a, b in itertools.combinations(pair_tasks, 2):
             pairs[(a, b)] = finetune_run(f"pair_{a}+{b}", [a, b], "full", checkpoint)
     # With --norun, runs not done yet are None: left out (their cells show "–").
-    full, lora, pairs = ({k: v for k, v in d.items() if v} for d in (full, lora, pairs))
+    full, lora, prompt, pairs = (
+        {k: v for k, v in d.items() if v} for d in (full, lora, prompt, pairs)
+    )
     markdown = (
-        render(tasks, probe, full, lora, mtl, pairs) + "\n\n" + budgets(_STEPS.value * len(tasks))
+        render(tasks, probe, full, lora, mtl, pairs, prompt)
+        + "\n\n"
+        + budgets(_STEPS.value * len(tasks))
     )
     print(markdown)
     if _README.value:
-        readme.write_between(_README.value, BEGIN, END, markdown)
+        marker = _MARKER.value
+        readme.write_between(_README.value, f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->",
+                             markdown)  # fmt: skip
 
 
 if __name__ == "__main__":
