@@ -33,6 +33,8 @@ _LAYERS = flags.DEFINE_integer("layers", 12, "Encoder layers (BERT-base: 12).")
 _HIDDEN = flags.DEFINE_integer("hidden", 768, "Hidden size (BERT-base: 768).")
 _HEADS = flags.DEFINE_integer("heads", 12, "Attention heads (BERT-base: 12).")
 _CHILD = flags.DEFINE_string("child", "", "Internal: run one configuration and print JSON.")
+_README = flags.DEFINE_string("readme", "", "Page to write the table into (between markers).")
+BEGIN, END = "<!-- memory-results:begin -->", "<!-- memory-results:end -->"
 
 CONFIGS = (
     ("ours", "float32", False),
@@ -172,23 +174,27 @@ def main(argv):
         if done.returncode or not lines:
             raise SystemExit(f"{spec} failed:\n{done.stderr[-3000:]}")
         rows.append((side, dtype, saving, json.loads(lines[-1][len("RESULT ") :])))
-    print(
+    lines = [
         f"One fine-tuning step (AdamW, linear head, dropout 0.1) of a BERT-sized encoder: "
         f"{_LAYERS.value} layers x {_HIDDEN.value} hidden, {_HEADS.value} heads, random weights; "
-        f"batch {_BATCH.value} x {_SEQ.value} tokens; each row a fresh process on the CPU."
-    )
-    print(
+        f"batch {_BATCH.value} x {_SEQ.value} tokens; each row a fresh process on the CPU.",
+        "",
         "| side | precision | remat / checkpointing | peak RSS (MiB) | before the step (MiB) "
-        "| step's own (MiB) | XLA temp (MiB) | s / step |"
-    )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        "| step's own (MiB) | XLA temp (MiB) | s / step |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for side, dtype, saving, r in rows:
         temp = f"{r['xla_temp_mb']:.0f}" if r["xla_temp_mb"] is not None else "-"
-        print(
+        lines.append(
             f"| {side} | {dtype} | {'yes' if saving else 'no'} | {r['peak_mb']:.0f} | "
             f"{r['before_mb']:.0f} | {r['peak_mb'] - r['before_mb']:.0f} | {temp} | "
             f"{r['step_s']:.2f} |"
         )
+    print("\n".join(lines))
+    if _README.value:
+        from scripts.readme import write_between
+
+        write_between(_README.value, BEGIN, END, "\n".join(lines))
 
 
 if __name__ == "__main__":
