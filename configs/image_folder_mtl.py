@@ -8,6 +8,12 @@ has class folders (counted here; a tree with `train/` and `test/` folders uses t
 splits, otherwise a seeded 20% of each class is the test set). Images of any size and mode are
 converted to 64x64 RGB (`--config.data.image_size`, `--config.data.channels`) and decoded from
 the files as batches need them. A labels file instead of one tree per task: see docs/data.md.
+
+Any trunk, from scratch or from converted weights (docs/models.md):
+
+    python -m launch.train --config=configs/image_folder_mtl.py:/data/birds,/data/flowers \
+        --workdir=/tmp/birds_r50 --config.model.trunk=resnet --config.model.resnet.depth=50 \
+        --config.init.checkpoint=/tmp/resnet50 --config.finetune.strategy=llrd
 """
 
 import os
@@ -16,6 +22,7 @@ import ml_collections
 
 from configs import omniglot_mtl
 from mtl.data.image_folder import count_classes
+from mtl.transfer import restore, strategies
 
 
 def get_config(roots: str = "") -> ml_collections.ConfigDict:
@@ -35,4 +42,9 @@ def get_config(roots: str = "") -> ml_collections.ConfigDict:
         }
     )
     config.eval_batch_size = 256
+    # A pretrained trunk to start from (`python -m launch.convert`), and how to fine-tune it.
+    config.init = ml_collections.ConfigDict(
+        dict(checkpoint="", keep_fresh=restore.KEEP_FRESH, skip=restore.SKIP)
+    )
+    config.finetune = strategies.default_config()
     return config
