@@ -1,0 +1,121 @@
+"""conv4 against ResNet-12 on the Omniglot meta-learning protocol, ProtoNets and MAML.
+
+    .venv/bin/python -m scripts.backbone_results --root=/work/runs/backbones \
+        --omniglot_dir=../shared/data/omniglot --readme=docs/models.md
+
+- ProtoNets (`configs/omniglot_protonets.py`: trained on 20-way 1-shot episodes), scored on
+  5- and 20-way, 1- and 5-shot meta-test episodes;
+- MAML (`configs/omniglot_maml.py`, `--maml_variants`, first order by default: a ResNet-12's
+  second-order meta-gradient is the costly part on a CPU), 5-way 1-shot, scored after 10 inner
+  steps; the 20-way MAML of the paper is `--maml_variants=fomaml,20way`.
+
+Each method trains the same number of steps on both trunks (`--protonets_steps`,
+`--maml_steps`); `--resnet12_channels` sets the ResNet-12's stage widths (the paper's
+64,160,320,640 costs about 30 s per ProtoNets meta-step on two CPU cores: use a GPU for it).
+Finished runs are reused; the table is printed and, with --readme, written between the
+markers of that page.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from absl import flags, logging
+
+from mtl import entry
+from scripts.readme import write_between
+
+BEGIN, END = "<!-- backbone-results:begin -->", "<!-- backbone-results:end -->"
+_ROOT = flags.DEFINE_string("root", "/tmp/backbones", "Folder for the runs.")
+_OMNIGLOT = flags.DEFINE_string("omniglot_dir", "../shared/data/omniglot", "Omniglot zips.")
+_PROTO_STEPS = flags.DEFINE_integer("protonets_steps", 4000, "ProtoNets meta-steps.")
+_MAML_STEPS = flags.DEFINE_integer("maml_steps", 60000, "MAML meta-steps.")
+_MAML_VARIANTS = flags.DEFINE_string("maml_variants", "fomaml", "configs/omniglot_maml.py args.")
+_CHANNELS = flags.DEFINE_list(
+    "resnet12_channels", ["64", "160", "320", "640"], "ResNet-12 stage widths."
+)
+_EPISODES = flags.DEFINE_integer("episodes", 600, "Meta-test episodes per setting.")
+_METHODS = flags.DEFINE_list("methods", ["protonets", "maml"], "Methods to run.")
+_README = flags.DEFINE_string("readme", "", "Page to write the table into (between markers).")
+
+TRUNKS = ("conv4", "resnet12")
+
+
+def config_for(method: str, trunk: str):
+    from configs import omniglot_maml, omniglot_protonets
+
+    if method == "protonets":
+        config = omniglot_protonets.get_config()
+        config.num_steps = _PROTO_STEPS.value
+        config.eval.update(ways=(5, 20), shots=(1, 5))
+    else:
+        config = omniglot_maml.get_config(_MAML_VARIANTS.value)
+        config.num_steps = _MAML_STEPS.value
+    config.data.data_dir = _OMNIGLOT.value
+    config.data.tfds_dir = os.path.join(_ROOT.value, "tfds")
+    config.baseline.joint = False
+    config.eval.update(episodes=_EPISODES.value, val_every=0)
+    config.model.trunk = trunk
+    if trunk == "resnet12":
+        config.model.resnet12.channels = tuple(int(c) for c in _CHANNELS.value)
+    return config
+
+
+def trained(method: str, trunk: str) -> dict:
+    """One run's meta-test summary and wall time, trained unless already finished."""
+    from mtl.runs import get_trainer
+
+    workdir = os.path.join(_ROOT.value, f"{method}_{trunk}")
+    summary = os.path.join(workdir, "summary.json")
+    if os.path.exists(summary):
+        with open(summary) as f:
+            return json.load(f)
+    config = config_for(method, trunk)
+    start = time.time()
+    result = get_trainer(config.trainer)(config, workdir)
+    if result.stopped:
+        raise SystemExit(f"{workdir} was stopped; run the script again to resume it.")
+    values = {"test": result.metrics["meta_test"]["test"], "wall_seconds": time.time() - start}
+    with open(summary, "w") as f:
+        json.dump(values, f, indent=2, default=str)
+    return values
+
+
+def table(results: dict[str, dict[str, dict]]) -> str:
+    widths = ",".join(_CHANNELS.value)
+    lines = [
+        f"| method | setting | conv4 (64 filters) | ResNet-12 ({widths}) | wall (s) conv4 / "
+        "ResNet-12 |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for method, sides in results.items():
+        walls = " / ".join(f"{sides[t]['wall_seconds']:.0f}" for t in TRUNKS)
+        for setting in sides["conv4"]["test"]:
+            cells = []
+            for trunk in TRUNKS:
+                curve = sides[trunk]["test"][setting]
+                cells.append(f"{100 * curve['mean'][-1]:.1f} +- {100 * curve['ci95'][-1]:.1f}%")
+            lines.append(f"| {method} | {setting} | {' | '.join(cells)} | {walls} |")
+    return "\n".join(lines)
+
+
+def main(argv):
+    del argv
+    os.makedirs(_ROOT.value, exist_ok=True)
+    results = {}
+    for method in _METHODS.value:
+        results[method] = {trunk: trained(method, trunk) for trunk in TRUNKS}
+        logging.info("%s:\n%s", method, table({method: results[method]}))
+    steps = f"ProtoNets {_PROTO_STEPS.value} meta-steps, MAML ({_MAML_VARIANTS.value}) " + (
+        f"{_MAML_STEPS.value} meta-steps"
+    )
+    text = table(results) + f"\n\nBudgets: {steps}; {_EPISODES.value} meta-test episodes."
+    print(text)
+    if _README.value:
+        write_between(_README.value, BEGIN, END, text)
+
+
+if __name__ == "__main__":
+    entry.run(main)
