@@ -60,6 +60,8 @@ def config_for(method: str, trunk: str):
     config.model.trunk = trunk
     if trunk == "resnet12":
         config.model.resnet12.channels = tuple(int(c) for c in _CHANNELS.value)
+        # MAML's inner loop gives every episode its own weights (vmap): the matmul form.
+        config.model.resnet12.conv = "matmul" if method == "maml" else "xla"
     return config
 
 

@@ -15,6 +15,7 @@ def test_default_config_holds_each_strategys_own_defaults():
         gradual_unfreezing=dict(every=100),
         lp_ft=dict(probe_steps=100, trunk_lr_mult=1.0),
         lora=dict(rank=8, alpha=16.0, targets=lora.DEFAULT_TARGETS),
+        prompt_tuning=dict(length=20, init="vocab"),
     )
     assert set(strategies.STRATEGIES) == {
         "feature_extraction",
@@ -23,6 +24,7 @@ def test_default_config_holds_each_strategys_own_defaults():
         "gradual_unfreezing",
         "lp_ft",
         "lora",
+        "prompt_tuning",
     }
 
 

@@ -110,6 +110,8 @@ def write_checkpoint(hf_dir: str, out_dir: str, *, drop: Iterable[str] = ()) -> 
     from mtl.data import text
 
     _check_out(out_dir)
+    if _model_type(hf_dir) not in hf_decoder.LLAMA_TYPES + hf_decoder.GPT2_TYPES:
+        hf_bert.read_config(hf_dir)  # a missing or damaged config.json is named first
     text.check_tokenizer_dir(hf_dir, field="hf_dir")
     name, trunk, options = read_hf_model(hf_dir, drop=drop)
     return _write(out_dir, trunk, {"trunk": name, name: options}, hf_dir, tokenizer=True)

@@ -13,7 +13,10 @@ of `mtl.models.trunks.resnet` splits its convolutions too. DropBlock (MetaOptNet
 is not included.
 
 `dtype` and `remat` as for `resnet`: bfloat16 activations with float32 parameters and float32
-batch-norm statistics; each block recomputed in the backward pass.
+batch-norm statistics; each block recomputed in the backward pass. `conv="matmul"` computes
+the convolutions as shifted slices and one matmul (`mtl.models.conv_ops`), as conv4 can: the
+same parameters and outputs, and the fast form on XLA CPU when `jax.vmap` gives every episode
+its own weights (MAML's inner loop), where `lax.conv` becomes a slow grouped convolution.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mtl.errors import ConfigError
+from mtl.models.conv_ops import conv_matmul
 from mtl.models.remat import remat_call
 from mtl.models.trunks import TRUNKS
 from mtl.models.trunks.resnet import (
@@ -37,12 +41,23 @@ from mtl.models.trunks.resnet import (
 )
 
 MIN_SIZE = 16  # four 2x2 max-pools (floor) leave at least 1x1
+CONV_FORMS = ("xla", "matmul")
+
+
+def _apply(layer: nnx.Conv, x: jax.Array, form: str) -> jax.Array:
+    """`layer(x)` in the chosen form; stride 1 and padding k // 2 are SAME for 3x3 and 1x1, so
+    both forms compute the same convolution."""
+    if form == "xla":
+        return layer(x)
+    dtype = layer.dtype or x.dtype
+    return conv_matmul(x.astype(dtype), layer.kernel[...].astype(dtype), None)
 
 
 class Block(nnx.Module):
     """Three conv-norm-LeakyReLU units with a 1x1 shortcut, then a 2x2 max-pool."""
 
-    def __init__(self, cin, cout, momentum, slope, dtype, rngs):
+    def __init__(self, cin, cout, momentum, slope, dtype, rngs, form="xla"):
+        self.form = form
         self.conv1 = conv(cin, cout, 3, 1, dtype, rngs)
         self.norm1 = batch_norm(cout, momentum, dtype, rngs)
         self.conv2 = conv(cout, cout, 3, 1, dtype, rngs)
@@ -54,10 +69,14 @@ class Block(nnx.Module):
 
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         act = lambda v: nnx.leaky_relu(v, self.slope)
-        h = act(self.norm1(self.conv1(x), use_running_average=not train))
-        h = act(self.norm2(self.conv2(h), use_running_average=not train))
-        h = self.norm3(self.conv3(h), use_running_average=not train)
-        h = act(h + self.downsample(x, train=train))
+        conv = lambda layer, v: _apply(layer, v, self.form)
+        h = act(self.norm1(conv(self.conv1, x), use_running_average=not train))
+        h = act(self.norm2(conv(self.conv2, h), use_running_average=not train))
+        h = self.norm3(conv(self.conv3, h), use_running_average=not train)
+        shortcut = self.downsample.norm(
+            conv(self.downsample.conv, x), use_running_average=not train
+        )
+        h = act(h + shortcut)
         return nnx.max_pool(h, (2, 2), strides=(2, 2), padding="VALID")
 
 
@@ -73,10 +92,15 @@ class ResNet12(nnx.Module):
         channels: Sequence[int] = (64, 160, 320, 640),
         leaky_slope: float = 0.1,
         bn_momentum: float = 0.9,
+        conv: str = "xla",
         dtype: str = "float32",
         remat: bool = False,
         rngs: nnx.Rngs,
     ):
+        if conv not in CONV_FORMS:
+            raise ConfigError(
+                f"model.resnet12.conv must be one of {', '.join(CONV_FORMS)}, got {conv!r}."
+            )
         channels = tuple(channels)
         if len(channels) != 4 or not all(isinstance(c, int) and c >= 1 for c in channels):
             raise ConfigError(
@@ -88,7 +112,7 @@ class ResNet12(nnx.Module):
         cins = (self.in_channels, *channels[:-1])
         self.layers = nnx.List(
             [
-                Block(cin, cout, bn_momentum, leaky_slope, compute, rngs)
+                Block(cin, cout, bn_momentum, leaky_slope, compute, rngs, form=conv)
                 for cin, cout in zip(cins, channels, strict=True)
             ]
         )
