@@ -87,7 +87,6 @@ for _holder in (
     flags.FLAGS[_holder.name].allow_override = True
 
 
-
 def config_for(tasks: list[str], strategy: str, checkpoint: str):
     from configs import senteval_finetune
 
