@@ -110,9 +110,11 @@ def main(argv):
     for method in _METHODS.value:
         results[method] = {trunk: trained(method, trunk) for trunk in TRUNKS}
         logging.info("%s:\n%s", method, table({method: results[method]}))
-    steps = f"ProtoNets {_PROTO_STEPS.value} meta-steps, MAML ({_MAML_VARIANTS.value}) " + (
-        f"{_MAML_STEPS.value} meta-steps"
-    )
+    budgets = {
+        "protonets": f"ProtoNets {_PROTO_STEPS.value} meta-steps",
+        "maml": f"MAML ({_MAML_VARIANTS.value}) {_MAML_STEPS.value} meta-steps",
+    }
+    steps = ", ".join(budgets[m] for m in _METHODS.value)
     text = table(results) + f"\n\nBudgets: {steps}; {_EPISODES.value} meta-test episodes."
     print(text)
     if _README.value:
