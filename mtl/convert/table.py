@@ -123,6 +123,34 @@ def convert(
     return unflatten(match.out)
 
 
+def build_trunk(
+    make: Callable[[], Any],
+    layout: Layout,
+    weights: Mapping[str, Any],
+    *,
+    drop: Iterable[str] = (),
+    config: Mapping[str, Any] | None = None,
+) -> Any:
+    """The trunk `make()` builds, holding the converted `weights` (parameters and batch-norm
+    statistics), by `convert`.
+
+    Nothing is randomly initialised: the shapes come from `nnx.eval_shape`, and only the other
+    state (dropout RNG streams), if the trunk has any, is computed, in one jitted call (eager
+    initialisation of a hundred weights costs seconds of compiling on a CPU).
+    """
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    variables = (nnx.Param, nnx.BatchStat)
+    graphdef, state, rest = nnx.split(nnx.eval_shape(make), variables, ...)
+    converted = convert(layout, weights, nnx.to_pure_dict(state), drop=drop, config=config)
+    nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, converted))
+    if jax.tree.leaves(rest):
+        rest = jax.jit(lambda: nnx.split(make(), variables, ...)[2])()
+    return nnx.merge(graphdef, state, rest)
+
+
 def _source_tensors(weights: Mapping[str, Any], normalize) -> dict[str, np.ndarray]:
     """`weights` as numpy arrays under their normalised names; `ConversionError` if two
     names normalise to the same one."""

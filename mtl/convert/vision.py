@@ -30,8 +30,6 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -39,8 +37,8 @@ from mtl.convert.table import (
     ConversionError,
     Layout,
     Row,
+    build_trunk,
     conv_kernel,
-    convert,
     keep,
     read_weights,
     state_dict_of_tensors,
@@ -201,7 +199,7 @@ def _resnet(weights: Mapping[str, Any], drop: Iterable[str], options: Mapping[st
     channels = np.shape(weights[_names(weights)["conv1.weight"]])[1]
     # The resnet trunk takes any image size: the shape only gives it its channel count.
     make = lambda: ResNet((224, 224, channels), rngs=nnx.Rngs(0), **options)
-    return _build(make, RESNET_LAYOUT, weights, drop)
+    return build_trunk(make, RESNET_LAYOUT, weights, drop=drop)
 
 
 def load_resnet(
@@ -345,7 +343,7 @@ def _vit(weights: Mapping[str, Any], drop: Iterable[str], options: Mapping[str, 
     channels = np.shape(weights[_names(weights)["patch_embed.proj.weight"]])[1]
     size = options["image_size"]
     make = lambda: ViT((size, size, channels), rngs=nnx.Rngs(0), **options)
-    return _build(make, VIT_LAYOUT, weights, drop)
+    return build_trunk(make, VIT_LAYOUT, weights, drop=drop)
 
 
 def load_vit(path: str, *, num_heads: int, drop: Iterable[str] = (), **options: Any) -> ViT:
@@ -388,21 +386,3 @@ def _agreed(trunk: str, found: Mapping[str, Any], options: Mapping[str, Any]) ->
             f"these options out: {trunk}_options() reads them from the tensors."
         )
     return dict(found) | dict(options)
-
-
-def _build(
-    make: Callable[[], nnx.Module],
-    layout: Layout,
-    weights: Mapping[str, Any],
-    drop: Iterable[str],
-) -> Any:
-    """The trunk `make()` builds, holding the converted `weights` (parameters and batch-norm
-    statistics). Nothing is randomly initialised: the shapes come from `nnx.eval_shape`, and
-    only other state, if the trunk has any, is computed (in one jitted call)."""
-    variables = (nnx.Param, nnx.BatchStat)
-    graphdef, state, rest = nnx.split(nnx.eval_shape(make), variables, ...)
-    converted = convert(layout, weights, nnx.to_pure_dict(state), drop=drop)
-    nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, converted))
-    if jax.tree.leaves(rest):
-        rest = jax.jit(lambda: nnx.split(make(), variables, ...)[2])()
-    return nnx.merge(graphdef, state, rest)
