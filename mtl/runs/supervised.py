@@ -160,8 +160,10 @@ def parts(config: ml_collections.ConfigDict, data: sources.MultiTaskData | None 
     """Checks `config`, loads the data (unless given: `load_data(config, tasks)`'s value) and
     builds the model and the optimizer (through the fine-tuning stage when configured)."""
     tasks, weighting, source = check(config)
-    data = load_data(config, tasks) if data is None else data
-    data = data.map(lambda ds: with_lm_labels(ds, tasks))  # data handed in as it is
+    if data is None:
+        data = load_data(config, tasks)  # causal-LM labels included
+    else:  # data handed in as it is (a no-op unless a causal_lm task needs its labels)
+        data = data.map(lambda ds: with_lm_labels(ds, tasks))
     shape = arrays.input_shape(data.train)
     model = build_model(config.model, tasks, shape, config.seed, precision.of(config))
     if not finetune_stage.enabled(config):
