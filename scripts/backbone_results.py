@@ -18,13 +18,12 @@ markers of that page.
 
 from __future__ import annotations
 
-import json
 import os
-import time
 
 from absl import flags, logging
 
 from mtl import entry
+from scripts.finished_runs import timed_summary
 from scripts.readme import write_between
 
 BEGIN, END = "<!-- backbone-results:begin -->", "<!-- backbone-results:end -->"
@@ -67,22 +66,8 @@ def config_for(method: str, trunk: str):
 
 def trained(method: str, trunk: str) -> dict:
     """One run's meta-test summary and wall time, trained unless already finished."""
-    from mtl.runs import get_trainer
-
     workdir = os.path.join(_ROOT.value, f"{method}_{trunk}")
-    summary = os.path.join(workdir, "summary.json")
-    if os.path.exists(summary):
-        with open(summary) as f:
-            return json.load(f)
-    config = config_for(method, trunk)
-    start = time.time()
-    result = get_trainer(config.trainer)(config, workdir)
-    if result.stopped:
-        raise SystemExit(f"{workdir} was stopped; run the script again to resume it.")
-    values = {"test": result.metrics["meta_test"]["test"], "wall_seconds": time.time() - start}
-    with open(summary, "w") as f:
-        json.dump(values, f, indent=2, default=str)
-    return values
+    return timed_summary(workdir, config_for(method, trunk))
 
 
 def table(results: dict[str, dict[str, dict]]) -> str:
@@ -94,10 +79,10 @@ def table(results: dict[str, dict[str, dict]]) -> str:
     ]
     for method, sides in results.items():
         walls = " / ".join(f"{sides[t]['wall_seconds']:.0f}" for t in TRUNKS)
-        for setting in sides["conv4"]["test"]:
+        for setting in sides["conv4"]["metrics"]["test"]:
             cells = []
             for trunk in TRUNKS:
-                curve = sides[trunk]["test"][setting]
+                curve = sides[trunk]["metrics"]["test"][setting]
                 cells.append(f"{100 * curve['mean'][-1]:.1f} +- {100 * curve['ci95'][-1]:.1f}%")
             lines.append(f"| {method} | {setting} | {' | '.join(cells)} | {walls} |")
     return "\n".join(lines)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import time
 from collections.abc import Callable
 
 from absl import logging
@@ -30,6 +31,28 @@ def run_once(workdir: str, train: Callable, config, run_missing: bool = True) ->
             raise SystemExit(0)
     with open(results) as f, open(info) as g:
         return {"test": json.load(f)["test"], "info": json.load(g)}
+
+
+def timed_summary(workdir: str, config, **extra) -> dict:
+    """`{"metrics", "wall_seconds", **extra}` of the run of `config` in `workdir`: its test
+    metrics (`meta_test` for meta-learning) and wall time, saved as `summary.json` and read
+    back from there when the run has finished before. A run stopped by SIGTERM exits the
+    process: the same command resumes it."""
+    from mtl.runs import get_trainer
+
+    summary = os.path.join(workdir, "summary.json")
+    if os.path.exists(summary):
+        with open(summary) as f:
+            return json.load(f)
+    start = time.time()
+    result = get_trainer(config.trainer)(config, workdir)
+    if result.stopped:
+        raise SystemExit(f"{workdir} was stopped; run the script again to resume it.")
+    metrics = result.metrics.get("meta_test") or result.metrics["test"]
+    values = {"metrics": metrics, "wall_seconds": time.time() - start, **extra}
+    with open(summary, "w") as f:
+        json.dump(values, f, indent=2, default=str)
+    return values
 
 
 def percent(values: list[float]) -> str:

@@ -21,14 +21,13 @@ with --readme, written between the markers of that page.
 from __future__ import annotations
 
 import csv
-import json
 import os
-import time
 import zipfile
 
 from absl import flags, logging
 
 from mtl import entry
+from scripts.finished_runs import timed_summary
 from scripts.readme import write_between
 
 BEGIN, END = "<!-- own-data-results:begin -->", "<!-- own-data-results:end -->"
@@ -158,22 +157,8 @@ PAIRS = {"mtl": mtl_pair, "meta": meta_pair, "senteval": senteval_pair}
 
 def trained(name: str, side: str, config) -> dict:
     """One run's summary (test metrics and wall time), trained unless already finished."""
-    from mtl.runs import get_trainer
-
     workdir = os.path.join(_ROOT.value, f"{name}_{side}")
-    summary = os.path.join(workdir, "summary.json")
-    if os.path.exists(summary):
-        with open(summary) as f:
-            return json.load(f)
-    start = time.time()
-    result = get_trainer(config.trainer)(config, workdir)
-    if result.stopped:
-        raise SystemExit(f"{workdir} was stopped; run the script again to resume it.")
-    metrics = result.metrics.get("meta_test") or result.metrics["test"]
-    values = {"metrics": metrics, "wall_seconds": time.time() - start, "data": dict(config.data)}
-    with open(summary, "w") as f:
-        json.dump(values, f, indent=2, default=str)
-    return values
+    return timed_summary(workdir, config, data=dict(config.data))
 
 
 def scores(name: str, summary: dict) -> dict[str, str]:

@@ -17,14 +17,13 @@ again); the table is printed and, with --readme, written between the markers of 
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import time
 
 from absl import flags, logging
 
 from mtl import entry
+from scripts.finished_runs import timed_summary
 from scripts.readme import write_between
 
 BEGIN, END = "<!-- precision-results:begin -->", "<!-- precision-results:end -->"
@@ -75,24 +74,9 @@ CONFIGS = {"maml": maml_config, "mtl": mtl_config, "finetune": finetune_config}
 
 def trained(name: str, precision: str) -> dict:
     """One run's summary (test metrics and wall time), trained unless already finished."""
-    from mtl.runs import get_trainer
-
     config = CONFIGS[name]()
     config.precision = precision
-    workdir = os.path.join(_ROOT.value, f"{name}_{precision}")
-    summary = os.path.join(workdir, "summary.json")
-    if os.path.exists(summary):
-        with open(summary) as f:
-            return json.load(f)
-    start = time.time()
-    result = get_trainer(config.trainer)(config, workdir)
-    if result.stopped:
-        raise SystemExit(f"{workdir} was stopped; run the script again to resume it.")
-    metrics = result.metrics.get("meta_test") or result.metrics["test"]
-    values = {"metrics": metrics, "wall_seconds": time.time() - start}
-    with open(summary, "w") as f:
-        json.dump(values, f, indent=2, default=str)
-    return values
+    return timed_summary(os.path.join(_ROOT.value, f"{name}_{precision}"), config)
 
 
 def measures(name: str, summary: dict) -> dict[str, tuple[float, float, str]]:
