@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def causal_lm_loss(logits: jax.Array, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
@@ -14,12 +15,8 @@ def causal_lm_loss(logits: jax.Array, input_ids: jax.Array, attention_mask: jax.
     nothing: a padded sequence has the loss of the same sequence unpadded. The first real token
     of a sequence has nothing before it and is never a target.
     """
-    logits = logits[:, :-1].astype(jnp.float32)
-    targets = input_ids[:, 1:]
-    mask = attention_mask.astype(bool)
-    weights = (mask[:, 1:] & mask[:, :-1]).astype(jnp.float32)
-    log_probs = jax.nn.log_softmax(logits, axis=-1)
-    picked = jnp.take_along_axis(log_probs, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    labels = jnp.where(attention_mask.astype(bool), input_ids, -1)
+    picked, weights, _ = _targets(logits, labels)
     return -jnp.sum(picked * weights) / jnp.maximum(jnp.sum(weights), 1.0)
 
 
@@ -29,8 +26,6 @@ def causal_lm_loss(logits: jax.Array, input_ids: jax.Array, attention_mask: jax.
 def lm_labels(inputs) -> tuple:
     """`(labels, mask)` of a causal-LM task for tokenised `inputs`: the token ids with -1 at
     padding [N, length], and which sequences have a target at all [N]."""
-    import numpy as np
-
     ids = np.asarray(inputs["input_ids"])
     real = np.asarray(inputs["attention_mask"]).astype(bool)
     labels = np.where(real, ids, -1).astype(np.int32)
