@@ -174,7 +174,7 @@ def restored_stats(
         return dict(state), []
     try:
         saved = flatten(checkpoint.tree_shapes(source.state_path, source.state_select))
-    except Exception:  # a checkpoint without that subtree: no statistics to restore
+    except ConfigError:  # a checkpoint without that subtree: no statistics to restore
         return dict(state), []
     found = [p for p in wanted if p in saved]
     mismatched = [
