@@ -5,19 +5,21 @@ import ml_collections
 from mtl import optim
 from mtl.meta import methods
 from mtl.models import default_config as model_config
+from mtl.transfer import restore
 
 
 def meta_block(**overrides) -> ml_collections.ConfigDict:
-    """`config.meta`: the method, its episodes, and the MAML family's options with their
-    defaults, read from `MamlOptions` (see mtl/meta/maml.py for what they mean)."""
+    """`config.meta`: the method, its episodes, and the options of every method with their
+    defaults (MAML's where two share a field), read from the methods' option classes (see
+    mtl/meta/methods.py); each method reads only its own."""
     block = dict(
-        method="maml",  # maml | reptile | protonets (mtl.meta.methods.METHODS)
+        method="maml",  # maml | reptile | protonets | imaml | r2d2 | ... (mtl.meta.methods)
         ways=5,
         shots=1,
         queries=15,  # per class
         meta_batch=32,  # episodes per meta-step, split over the devices of the mesh
     )
-    block.update(methods.defaults("maml"))
+    block.update(methods.all_defaults())
     block.update(overrides)
     return ml_collections.ConfigDict(block)
 
@@ -54,6 +56,15 @@ def base_config() -> ml_collections.ConfigDict:
     # float32 | bfloat16: the trunk's compute dtype; parameters stay float32 (mtl.models.precision).
     config.precision = "float32"
     config.mesh = ml_collections.ConfigDict(dict(data=-1))
+    # A pretrained trunk to start from: a converted checkpoint or a run's workdir (see
+    # mtl.transfer.restore); "" starts from random weights.
+    config.init = ml_collections.ConfigDict(
+        dict(
+            checkpoint=ml_collections.FieldReference("", field_type=str),
+            keep_fresh=restore.KEEP_FRESH,  # new-model parameters allowed to start fresh
+            skip=restore.SKIP,  # checkpoint parameters the model may leave out
+        )
+    )
     config.baseline = ml_collections.ConfigDict(
         dict(joint=False, steps=0, learning_rate=1e-3, finetune_lrs=(0.01,))
     )

@@ -48,6 +48,10 @@ def test_options_come_from_the_block_and_are_typed():
         (dict(method="maml", head_init="zero"), True, 5),
         (dict(method="reptile"), False, 5),
         (dict(method="protonets"), True, None),
+        (dict(method="imaml"), False, 5),
+        (dict(method="imaml", head_init="zero"), True, 5),
+        (dict(method="r2d2"), True, None),
+        (dict(method="maml", adapt="body"), False, 5),
     ],
 )
 def test_every_method_implements_the_learner_protocol(meta, per_episode, outputs):
@@ -63,4 +67,4 @@ def test_every_method_implements_the_learner_protocol(meta, per_episode, outputs
     assert isinstance(learner, MetaLearner)
     assert learner.head_per_episode is per_episode
     assert learner.bn_test == options.bn_test
-    assert learner.min_adapt_steps == (0 if meta["method"] == "protonets" else 1)
+    assert learner.min_adapt_steps == (0 if meta["method"] in ("protonets", "r2d2") else 1)

@@ -14,6 +14,7 @@ int arrays, with the run's tokenizer (`tokenizer_dir`).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -164,3 +165,62 @@ def class_examples(
         labels += [lookup[values[i]] for i in kept]
     index = np.array(examples, np.int64)
     return {k: v[index] for k, v in tokens.items()}, np.array(labels, np.int64), names
+
+
+def named_tasks(
+    *,
+    senteval: Sequence[str],
+    senteval_dir: str | None,
+    tfds_dir: str | None,
+    senteval_split: str,
+    tables: Mapping[str, str],
+    text_column: str,
+    text_pair_column: str,
+    label_column: str,
+    tokenizer_dir: str | None,
+    max_length: int,
+) -> dict[str, tuple[dict[str, np.ndarray], np.ndarray, list[str]]]:
+    """`{task: (tokens, class per example, class names)}` of SentEval tasks and the user's
+    tables (one label column each), for episodes drawn one task at a time."""
+    if not senteval and not tables:
+        raise ConfigError(
+            "No tasks: list SentEval tasks in data.senteval or tables in data.tables "
+            "({name: file})."
+        )
+    clash = sorted(set(senteval) & set(tables))
+    if clash:
+        raise ConfigError(f"Task {clash[0]!r} is both a SentEval task and a table: rename it.")
+    out = {}
+    if senteval:
+        out |= _senteval_tasks(senteval, senteval_dir, tfds_dir, senteval_split, tokenizer_dir,
+                               max_length)  # fmt: skip
+    for name, path in tables.items():
+        tokens, labels, names = class_examples(
+            path,
+            text_column=text_column,
+            text_pair_column=text_pair_column,
+            label_columns=(label_column,),
+            tokenizer_dir=tokenizer_dir,
+            max_length=max_length,
+        )
+        out[name] = (tokens, labels, [n.split("/", 1)[1] for n in names])
+    return out
+
+
+def _senteval_tasks(tasks, data_dir, tfds_dir, split, tokenizer_dir, max_length):
+    from mtl.data import senteval  # imports TensorFlow: only when SentEval is read
+    from mtl.data.senteval_tfds import TASKS
+
+    if split not in senteval.SPLITS:
+        raise ConfigError(
+            f"data.senteval_split must be one of {', '.join(senteval.SPLITS)}, got {split!r}."
+        )
+    tasks = senteval.check_tasks(tasks)
+    root = os.fspath(senteval.check_data_dir(senteval.resolve_data_dir(data_dir), tasks))
+    tokenizer = text.load_tokenizer(text.check_tokenizer_dir(tokenizer_dir))
+    out = {}
+    for task in tasks:
+        sentences, labels = senteval.load_senteval(task, root, tfds_dir)[split]
+        tokens = text.tokenize(tokenizer, sentences, int(max_length))
+        out[task] = (tokens, labels.astype(np.int64), list(TASKS[task].labels))
+    return out

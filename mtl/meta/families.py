@@ -235,6 +235,58 @@ def text_table(
     )
 
 
+@_family("text_tasks", kind="classification", inputs=_text_table_inputs)
+def text_tasks(
+    senteval: Sequence[str] = (),
+    senteval_dir: str | None = None,
+    tfds_dir: str | None = None,
+    senteval_split: str = "train",
+    tables: Mapping[str, str] | None = None,
+    text_column: str = "text",
+    text_pair_column: str = "",
+    label_column: str = "label",
+    train_tasks: Sequence[str] = (),
+    val_tasks: Sequence[str] = (),
+    test_tasks: Sequence[str] = (),
+    tokenizer_dir: str | None = None,
+    max_length: int = 64,
+):
+    """Several text classification tasks, an episode from one task at a time, the tasks split
+    into meta-train / val / test by name (`mtl.meta.task_family`).
+
+    Args:
+      senteval: SentEval tasks (mr, subj, mpqa, sst2, sst5, trec_coarse, trec_fine), read
+        from `senteval_dir` (None: $MTL_SENTEVAL_DIR) through TFDS (`tfds_dir`); each
+        gives the examples of its `senteval_split` (train, dev or test).
+      tables: {task name: CSV / TSV / JSONL file} of the user's own tasks, each with the
+        sentences in `text_column` (and `text_pair_column`) and the class in `label_column`.
+      train_tasks, val_tasks, test_tasks: the task names of each meta-split (disjoint).
+      tokenizer_dir: a Hugging Face tokenizer; max_length: tokens per example.
+    """
+    from mtl.data import text_tasks as text_data
+    from mtl.meta.task_family import task_family
+
+    loaded = text_data.named_tasks(
+        senteval=senteval,
+        senteval_dir=senteval_dir,
+        tfds_dir=tfds_dir,
+        senteval_split=senteval_split,
+        tables=dict(tables or {}),
+        text_column=text_column,
+        text_pair_column=text_pair_column,
+        label_column=label_column,
+        tokenizer_dir=tokenizer_dir,
+        max_length=max_length,
+    )
+    _, preprocess = _text_table_inputs(tokenizer_dir=tokenizer_dir, max_length=max_length)
+    return task_family(
+        loaded,
+        {"train": train_tasks, "val": val_tasks, "test": test_tasks},
+        input_shape=_text_table_inputs(tokenizer_dir=tokenizer_dir, max_length=max_length)[0],
+        preprocess=preprocess,
+    )
+
+
 @_family("tfds", kind="classification", inputs=_image_folder_inputs)
 def tfds(
     dataset: str = "",

@@ -7,11 +7,18 @@ All of them adapt with `inner_loop` and differ only in what adapts and how fast:
 | MAML             | (defaults)                                                       |
 | first-order MAML | `first_order=True`                                               |
 | ANIL             | `adapt="head"`: only the head adapts; trunk features computed once |
+| BOIL             | `adapt="body"`: only the trunk adapts; the head stays as learned   |
+| LoRA inner loop  | `adapt="lora"`: the trunk's LoRA factors and the head adapt        |
 | Meta-SGD         | `learn_inner_lr="per_param"`: a learned rate for every weight     |
 | MAML++           | `learn_inner_lr="per_layer_step"`, `multi_step_loss`, `per_step_bn` |
 
 Meta-parameters are `{"params": {"trunk", "head"}, "inner_lrs": ...}` (`inner_lrs` only when
-learned). Batch norm: during meta-training every forward pass normalises with the statistics
+learned); the outer loop learns all of them, LoRA factors included. `adapt="lora"` needs a
+trunk with LoRA factors (`meta.lora_rank` > 0 adds them to every layer matching
+`meta.lora_targets`; `mtl.transfer.lora`); it is how a pretrained encoder too big to adapt
+whole in every episode adapts (Hu et al. 2022's factors, meta-learned).
+
+Batch norm: during meta-training every forward pass normalises with the statistics
 of its own batch (the support set in the inner loop, the query set for the meta-loss), as in
 MAML. At test time `bn_test="batch"` does the same (transductive: a query prediction depends
 on the other queries of its batch); `bn_test="running"` uses running averages collected during
@@ -32,10 +39,11 @@ from mtl.errors import ConfigError
 from mtl.meta import model as mm
 from mtl.meta.inner_loop import inner_loop
 from mtl.meta.protocol import BN_TEST, check_choice
+from mtl.transfer.lora import DEFAULT_TARGETS
 
 PyTree = Any
 
-ADAPT = ("all", "head")
+ADAPT = ("all", "head", "body", "lora")
 LEARN_INNER_LR = ("none", "per_param", "per_layer_step")
 __all__ = ["ADAPT", "BN_TEST", "LEARN_INNER_LR", "Maml", "MamlOptions", "build", "msl_weights"]
 
@@ -49,7 +57,7 @@ class MamlOptions:
     inner_lr: float = 0.4  # on the mean support loss
     inner_steps: int = 1  # during meta-training
     first_order: bool = False  # first-order MAML: no gradient through the inner gradients
-    adapt: str = "all"  # all | head (ANIL)
+    adapt: str = "all"  # all | head (ANIL) | body (BOIL) | lora (the trunk's LoRA factors)
     learn_inner_lr: str = "none"  # none | per_param (Meta-SGD) | per_layer_step (MAML++ LSLR)
     multi_step_loss: bool = False  # MAML++: query loss after every inner step, annealed
     msl_anneal_steps: int = 0  # steps over which the multi-step loss anneals to the last step
@@ -57,6 +65,9 @@ class MamlOptions:
     head_init: str = "learned"  # learned | zero | proto (the last two work for any ways)
     bn_test: str = "batch"  # batch (transductive, as MAML) | running
     remat: bool = False  # recompute inner-step activations in the backward pass (less memory)
+    lora_rank: int = 0  # > 0: LoRA factors of this rank in the trunk (needed by adapt="lora")
+    lora_alpha: float = 16.0  # their scale is alpha / rank
+    lora_targets: str = DEFAULT_TARGETS  # regex of the layer paths that get them
 
     @property
     def head_per_episode(self) -> bool:
@@ -86,6 +97,21 @@ class MamlOptions:
                 "meta.per_step_bn changes the trunk at every inner step, but meta.adapt='head' "
                 "(ANIL) keeps the trunk fixed and computes its features once. Turn one of them off."
             )
+        if self.adapt == "body" and self.head_init != "learned":
+            raise ConfigError(
+                "meta.adapt='body' (BOIL) keeps the head fixed in the inner loop, so it must be "
+                f"meta-learned: use meta.head_init='learned' (got {self.head_init!r})."
+            )
+        if (self.adapt == "lora") != (self.lora_rank > 0):
+            raise ConfigError(
+                "meta.adapt='lora' adapts the trunk's LoRA factors: set meta.lora_rank > 0 "
+                "with it (and only with it); got "
+                f"adapt={self.adapt!r}, lora_rank={self.lora_rank}."
+            )
+
+    def lora(self) -> tuple[int, float, str] | None:
+        """`(rank, alpha, targets)` of the LoRA factors the trunk needs, if any."""
+        return (self.lora_rank, self.lora_alpha, self.lora_targets) if self.lora_rank else None
 
 
 def msl_weights(steps: int, anneal_steps: int, step: jax.Array) -> jax.Array:
@@ -112,6 +138,7 @@ class Maml:
     opts: MamlOptions
     bn_mask: PyTree  # trunk params: True at batch-norm scale / bias
     state_mask: PyTree  # trunk state: True at per-step statistics (all, with per_step_bn)
+    lora_mask: PyTree  # trunk params: True at LoRA factors
 
     min_adapt_steps: ClassVar[int] = 1
 
@@ -140,16 +167,34 @@ class Maml:
         return meta, state
 
     @property
-    def _step_bn(self) -> PyTree | None:
-        """The BN mask when BN leaves are per step (then they do not adapt), else None."""
+    def _fixed_trunk(self) -> PyTree | None:
+        """Bool mask of the trunk leaves the inner loop keeps fixed (None: none is fixed):
+        per-step BN leaves, and with `adapt="lora"` everything but the LoRA factors."""
+        if self.opts.adapt == "lora":
+            return jax.tree_util.tree_map(lambda lora: not lora, self.lora_mask)
         return self.bn_mask if self.opts.per_step_bn else None
+
+    @property
+    def _step_bn(self) -> PyTree | None:
+        """The BN mask when BN leaves are per step, else None."""
+        return self.bn_mask if self.opts.per_step_bn else None
+
+    @property
+    def adapts_trunk(self) -> bool:
+        return self.opts.adapt in ("all", "body", "lora")
+
+    @property
+    def adapts_head(self) -> bool:
+        return self.opts.adapt != "body"
 
     def _fast_template(self, params: PyTree) -> PyTree:
         """Structure of the weights the inner loop adapts (None at fixed leaves)."""
         template = {}
-        if self.opts.adapt == "all":
-            template["trunk"] = _without(params["trunk"], self._step_bn)
-        if self.opts.head_init == "learned":
+        if self.adapts_trunk:
+            template["trunk"] = _without(params["trunk"], self._fixed_trunk)
+        if not self.adapts_head:
+            pass  # BOIL
+        elif self.opts.head_init == "learned":
             template["head"] = params["head"]
         else:  # built per episode, its shape depends on the ways: one rate per tensor
             template["head"] = {"out": {"kernel": jnp.zeros(()), "bias": jnp.zeros(())}}
@@ -188,9 +233,10 @@ class Maml:
         else:
             z, _ = self._embed(params["trunk"], state, 0, support["x"], train_bn)
             head = mm.proto_head(z, support["y"], ways)
-        if self.opts.adapt == "head":
-            return {"head": head}
-        return {"trunk": _without(params["trunk"], self._step_bn), "head": head}
+        fast = {"head": head} if self.adapts_head else {}  # BOIL's head is meta["params"]'s
+        if self.adapts_trunk:
+            fast["trunk"] = _without(params["trunk"], self._fixed_trunk)
+        return fast
 
     def forward(self, meta, state, fast, x, step, train_bn, z=None):
         """Outputs of the network with weights `fast` after `step` inner steps, new BN state.
@@ -198,13 +244,14 @@ class Maml:
         ANIL's trunk does not adapt: pass its features as `z` to skip the trunk.
         """
         params = meta["params"]
-        if self.opts.adapt == "head":
+        head = fast["head"] if self.adapts_head else params["head"]
+        if not self.adapts_trunk:
             if z is None:
                 z, _ = self._embed(params["trunk"], state, 0, x, train_bn)
-            return self.model.outputs(fast["head"], z), state
+            return self.model.outputs(head, z), state
         trunk = _fill(fast["trunk"], params["trunk"])
         z, new = self._embed(trunk, state, step, x, train_bn)
-        return self.model.outputs(fast["head"], z), {"trunk": new}
+        return self.model.outputs(head, z), {"trunk": new}
 
     def adapt(self, meta, state, support, *, ways: int, steps: int, train_bn: bool, observe=None):
         """Adapts to one episode's support set: `(fast, trace)` as `inner_loop` returns them.
@@ -352,4 +399,12 @@ def build(model: mm.MetaModel, params: PyTree, state: PyTree, opts: MamlOptions)
     state_mask = jax.tree_util.tree_map_with_path(
         lambda path, _: mm._key(path[-1]) in ("mean", "var"), state["trunk"]
     )
-    return Maml(model, opts, bn_mask, state_mask)
+    lora_mask = jax.tree_util.tree_map_with_path(
+        lambda path, _: mm._key(path[-1]) in ("lora_a", "lora_b"), params["trunk"]
+    )
+    if opts.adapt == "lora" and not any(jax.tree_util.tree_leaves(lora_mask)):
+        raise ConfigError(
+            "meta.adapt='lora', but no layer of the trunk matches "
+            f"meta.lora_targets={opts.lora_targets!r}: name its linear layers or convolutions."
+        )
+    return Maml(model, opts, bn_mask, state_mask, lora_mask)

@@ -21,9 +21,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mtl.meta import model as mm
+from mtl.meta.imaml import IMamlOptions
 from mtl.meta.maml import MamlOptions
 from mtl.meta.protocol import MetaLearner, MethodOptions
 from mtl.meta.protonets import ProtoNetOptions
+from mtl.meta.r2d2 import R2D2Options
 from mtl.meta.reptile import ReptileOptions
 from mtl.registry import Registry
 
@@ -31,6 +33,19 @@ METHODS: Registry[type[MethodOptions]] = Registry("meta-learning method")
 METHODS.register("maml")(MamlOptions)
 METHODS.register("reptile")(ReptileOptions)
 METHODS.register("protonets")(ProtoNetOptions)
+METHODS.register("imaml")(IMamlOptions)
+METHODS.register("r2d2")(R2D2Options)
+
+
+def all_defaults() -> dict[str, Any]:
+    """Every method's `config.meta` options with their defaults, MAML's first where two
+    methods share a field: what a config's meta block holds so any method can be chosen
+    from the command line."""
+    merged: dict[str, Any] = {}
+    for name in ("maml", *METHODS):
+        for field, value in METHODS.options(name).items():
+            merged.setdefault(field, value)
+    return merged
 
 
 def defaults(name: str) -> dict[str, Any]:
@@ -59,6 +74,12 @@ def check_method(meta_config: Mapping[str, Any], kind: str, head_hidden: Sequenc
 def num_outputs(meta_config: Mapping[str, Any], kind: str) -> int | None:
     """Width of the head the model needs: none for ProtoNets, 1 for regression, else ways."""
     return options(meta_config).num_outputs(kind, int(meta_config["ways"]))
+
+
+def lora(meta_config: Mapping[str, Any]) -> tuple[int, float, str] | None:
+    """`(rank, alpha, targets)` of the LoRA factors the method's trunk needs, or None."""
+    wants = getattr(options(meta_config), "lora", None)
+    return wants() if wants is not None else None
 
 
 def head_per_episode(meta_config: Mapping[str, Any]) -> bool:

@@ -26,6 +26,7 @@ from mtl.models import precision as precisions
 from mtl.models.functional import PureModule
 from mtl.models.heads import HEADS
 from mtl.models.trunks import TRUNKS
+from mtl.transfer.lora import add_lora
 
 PyTree = Any
 
@@ -71,9 +72,11 @@ def build(
     input_shape: tuple[int, ...],
     seed: int,
     precision: str = "float32",
+    lora: tuple[int, float, str] | None = None,
 ) -> tuple[MetaModel, PyTree, PyTree]:
     """The trunk named by `model_config.trunk` plus a dense head (none if `num_outputs` is None);
     the trunk computes in `precision` (`mtl.models.precision`), features and head in float32.
+    `lora = (rank, alpha, targets)` adds LoRA factors to the trunk's matching layers.
 
     Returns `(model, params, state)`.
     """
@@ -82,7 +85,10 @@ def build(
     options = TRUNKS.options_from(name, model_config.get(name), field=f"model.{name}")
     options = precisions.trunk_options(name, options, precision)
     rngs = nnx.Rngs(seed)
-    trunk = factory(tuple(input_shape), rngs=rngs, **options)
+    trunk = factory(_shape(input_shape), rngs=rngs, **options)
+    if lora is not None:
+        rank, alpha, targets = lora
+        add_lora(trunk, rank=int(rank), alpha=float(alpha), targets=targets, rngs=rngs)
     pure_trunk, trunk_params, trunk_state = PureModule.split(trunk)
     params = {"trunk": trunk_params}
     pure_head = None
@@ -92,6 +98,13 @@ def build(
         pure_head, params["head"], _ = PureModule.split(head)
     model = MetaModel(pure_trunk, pure_head, kind, int(trunk.out_features))
     return model, params, {"trunk": trunk_state}
+
+
+def _shape(input_shape):
+    """A tuple, or for text a dict of tuples (one per input array)."""
+    if isinstance(input_shape, Mapping):
+        return {k: tuple(v) for k, v in input_shape.items()}
+    return tuple(input_shape)
 
 
 def zero_head(features: int, num_outputs: int, dtype=jnp.float32) -> PyTree:

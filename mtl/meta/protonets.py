@@ -83,9 +83,9 @@ class ProtoNet:
 
     def embed_episode(self, meta, state, support_x, query_x, train_bn: bool):
         """Support and query embeddings from one pass of both through the trunk."""
-        x = jnp.concatenate([support_x, query_x])
+        x = jax.tree.map(lambda s, q: jnp.concatenate([s, q]), support_x, query_x)  # text: dicts
         z, new = self.model.trunk.apply(meta["params"]["trunk"], state["trunk"], x, train=train_bn)
-        n = support_x.shape[0]
+        n = jax.tree.leaves(support_x)[0].shape[0]
         return z[:n], z[n:], {"trunk": new}
 
     def task_loss(self, meta, state, episode, *, ways: int, train_bn: bool = True):

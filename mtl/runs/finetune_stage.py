@@ -42,11 +42,11 @@ def check(config: ml_collections.ConfigDict) -> restore.TrunkSource | None:
     if not config.init.checkpoint:
         return None
     source = restore.find_source(config.init.checkpoint)
-    restore.check_architecture(config.model, source, _architecture_keys(config, source))
+    restore.check_architecture(config.model, source, architecture_keys(config, source))
     return source
 
 
-def _architecture_keys(config, source: restore.TrunkSource) -> tuple[str, ...]:
+def architecture_keys(config, source: restore.TrunkSource) -> tuple[str, ...]:
     """Options that must agree with the checkpoint (for bert: those that shape parameters)."""
     if config.model.trunk == "bert":
         from mtl.models.trunks.bert import ARCHITECTURE
@@ -86,7 +86,7 @@ def prepare(
     restored: dict[str, int] = {}
 
     def fresh_start(state: TrainState, workdir: str) -> TrainState:
-        _copy_tokenizer(config, workdir)
+        copy_tokenizer(config, workdir)
         trunk = state.params["trunk"]
         if source is not None:
             # Loaded arrays come back as host values, the rest as the (global) arrays they were.
@@ -101,7 +101,7 @@ def prepare(
             state = state.replace(model_state=model_state)
             report["statistics"] = stats
             restored.update({k: len(v) for k, v in report.items()})
-            _log_restore(source, report)
+            log_restore(source, report)
         # A prompt initialised from vocabulary embeddings copies the restored ones.
         trunk = strategies.strategy(config.finetune).initialize(trunk, config.seed)
         return state.replace(params={**state.params, "trunk": trunk})
@@ -124,7 +124,7 @@ def _pure(module: nnx.Module) -> dict[str, Any]:
     return nnx.to_pure_dict(nnx.state(module, nnx.Param))
 
 
-def _copy_tokenizer(config: ml_collections.ConfigDict, workdir: str) -> None:
+def copy_tokenizer(config: ml_collections.ConfigDict, workdir: str) -> None:
     """The workdir then holds everything a later run needs to start from it."""
     tokenizer_dir = config.data.get("tokenizer_dir")
     if tokenizer_dir and jax.process_index() == 0:
@@ -133,7 +133,7 @@ def _copy_tokenizer(config: ml_collections.ConfigDict, workdir: str) -> None:
         )
 
 
-def _log_restore(source: restore.TrunkSource, report: dict[str, list[str]]) -> None:
+def log_restore(source: restore.TrunkSource, report: dict[str, list[str]]) -> None:
     fresh, skipped = report["fresh"], report["skipped"]
     logging.info(
         "Trunk from %s: %d tensors loaded, %d fresh (%s), %d skipped (%s).",

@@ -28,29 +28,53 @@ import orbax.checkpoint as ocp
 from jax.sharding import PartitionSpec as P
 
 from mtl import checkpoint, optim, parallel
+from mtl.data import text
 from mtl.errors import ConfigError
 from mtl.meta import curves, families, methods
 from mtl.meta import model as mm
 from mtl.meta.learner import Learner
 from mtl.models import TRUNKS, precision
-from mtl.runs import joint_baseline, meta_eval
+from mtl.runs import finetune_stage, joint_baseline, meta_eval
 from mtl.train.experiment import EvalContext, Evaluator, Experiment, Result
 from mtl.train.loop import run
 from mtl.train.state import TrainState, template
+from mtl.transfer import restore
 
 # Config fields that define what the checkpoints in a workdir hold.
-GUARDED = ("model", "meta", "optimizer")
+GUARDED = ("model", "meta", "optimizer", "init")
 PyTree = Any
+
+
+def init_source(config: ml_collections.ConfigDict) -> restore.TrunkSource | None:
+    """Where the pretrained trunk is (`init.checkpoint`), checked against the config; text
+    data reads its tokenizer unless `data.tokenizer_dir` is set."""
+    checkpoint_dir = config.get("init", {}).get("checkpoint")
+    if not checkpoint_dir:
+        return None
+    text.default_tokenizer_dir(config.data, checkpoint_dir)
+    source = restore.find_source(checkpoint_dir)
+    keys = finetune_stage.architecture_keys(config, source)
+    restore.check_architecture(config.model, source, keys)
+    return source
 
 
 def validate(config: ml_collections.ConfigDict) -> str:
     """Checks every name and option in the config (no data, no compilation); returns the kind."""
+    init_source(config)
     families.check_config(config.data)
     kind = families.kind(config.data)
     trunk = config.model.trunk
     TRUNKS.get(trunk, field="model.trunk")
     options = TRUNKS.options_from(trunk, config.model.get(trunk), field=f"model.{trunk}")
     precision.trunk_options(trunk, options, precision.of(config))
+    dropping = [k for k in ("dropout", "attention_dropout") if options.get(k)]
+    if dropping:
+        # Episodes are vmapped with one trunk state; dropout's RNG state cannot be shared so.
+        fixes = " ".join(f"--config.model.{trunk}.{k}=0" for k in dropping)
+        raise ConfigError(
+            f"Meta-learning runs the trunk without dropout, but model.{trunk} sets "
+            f"{', '.join(f'{k}={options[k]}' for k in dropping)}. Set {fixes}."
+        )
     methods.check_method(config.meta, kind, config.model.get("head_hidden", ()))
     optim.make_optimizer(config.optimizer, config.num_steps)
     for field in ("num_steps", "log_every"):
@@ -72,6 +96,17 @@ def check_family(config, family, kind: str) -> list[meta_eval.Setting]:
     m = config.meta
     family.check("train", int(m.ways), int(m.shots), int(m.queries))
     family.check("val", int(m.ways), int(m.shots), int(m.queries))
+    fewest = getattr(family, "fewest_classes", None)  # tasks of their own class counts
+    if fewest is not None and kind == "classification" and not methods.head_per_episode(m):
+        for split in ("train", "test"):
+            if family.splits[split] and fewest(split) < int(m.ways):
+                raise ConfigError(
+                    f"A meta-{split} task has {fewest(split)} classes, fewer than meta.ways="
+                    f"{m.ways}, so its episodes have fewer ways than the head's "
+                    f"{m.ways} outputs. Use a head built per episode "
+                    "(--config.meta.head_init=zero or proto, or ProtoNets), or "
+                    f"--config.meta.ways={fewest(split)}."
+                )
     settings = meta_eval.settings(config, kind)
     for s in settings:
         family.check("test", s.ways, s.shots, s.queries)
@@ -113,15 +148,18 @@ class EpisodeBatches:
         return jax.tree_util.tree_map(lambda a: np.asarray(a[rows]), episodes)
 
 
-def make_train_step(learner, optimizer, mesh, ways: int, metric: str):
-    """`(state, batch) -> (state, metrics)`, the meta-batch split over the `data` axis."""
+def make_train_step(learner, optimizer, mesh, ways: int, metric: str, shots: int = 0):
+    """`(state, batch) -> (state, metrics)`, the meta-batch split over the `data` axis. With
+    `shots`, a meta-batch of episodes with fewer than `ways` classes (from a task that has
+    fewer) is trained as such (`meta_eval.episode_ways`; one compilation per class count)."""
 
     def local(meta, model_state, batch, step):
+        n = meta_eval.episode_ways(batch, ways, shots) if shots else ways
         # Each device differentiates its own copy of the (replicated) meta-parameters, so its
         # gradient is that of its share of the episodes; pmean makes the global mean.
         # (Differentiating the replicated value itself would make JAX psum the gradients.)
         meta, model_state = jax.lax.pcast((meta, model_state), "data", to="varying")
-        grads, aux = learner.meta_grads(meta, model_state, batch, ways=ways, step=step)
+        grads, aux = learner.meta_grads(meta, model_state, batch, ways=n, step=step)
         return jax.lax.pmean((grads, aux), "data")
 
     sharded = jax.shard_map(
@@ -167,6 +205,7 @@ def build_learner(config: ml_collections.ConfigDict, kind: str, input_shape) -> 
         input_shape,
         config.seed,
         precision.of(config),
+        lora=methods.lora(m),
     )
     learner = methods.build(m, model, params, model_state)
     optimizer = optim.make_optimizer(config.optimizer, config.num_steps)
@@ -182,6 +221,7 @@ class Pieces:
     settings: list[meta_eval.Setting]
     mesh: Any
     built: Built
+    source: restore.TrunkSource | None = None
 
 
 def pieces(config: ml_collections.ConfigDict) -> Pieces:
@@ -192,7 +232,28 @@ def pieces(config: ml_collections.ConfigDict) -> Pieces:
     mesh = parallel.make_mesh(config.get("mesh"))
     parallel.check_batch_size(config.meta.meta_batch, mesh, field="meta.meta_batch")
     parallel.check_batch_size(config.eval.batch, mesh, field="eval.batch")
-    return Pieces(config, family, settings, mesh, build_learner(config, kind, family.input_shape))
+    built = build_learner(config, kind, family.input_shape)
+    return Pieces(config, family, settings, mesh, built, init_source(config))
+
+
+def pretrained_start(config: ml_collections.ConfigDict, source: restore.TrunkSource):
+    """`fresh_start`: the meta-parameters' trunk (and its batch-norm statistics) from the
+    checkpoint, the tokenizer copied into the workdir. LoRA factors start as initialised."""
+
+    def fresh_start(state: TrainState, workdir: str) -> TrainState:
+        finetune_stage.copy_tokenizer(config, workdir)
+        params = dict(state.params["params"])
+        params["trunk"], report = restore.restored_params(
+            params["trunk"], source, keep_fresh=config.init.keep_fresh, skip=config.init.skip
+        )
+        model_state = dict(state.model_state)
+        model_state["trunk"], report["statistics"] = restore.restored_stats(
+            model_state["trunk"], source
+        )
+        finetune_stage.log_restore(source, report)
+        return state.replace(params={**state.params, "params": params}, model_state=model_state)
+
+    return fresh_start
 
 
 def experiment(p: Pieces) -> Experiment:
@@ -200,7 +261,9 @@ def experiment(p: Pieces) -> Experiment:
     config, built, m = p.config, p.built, p.config.meta
     source = EpisodeBatches.training(config, p.family, config.seed)
     metric = meta_eval.metric_name(built.kind)
-    step = make_train_step(built.learner, built.optimizer, p.mesh, int(m.ways), metric)
+    step = make_train_step(
+        built.learner, built.optimizer, p.mesh, int(m.ways), metric, shots=int(m.shots)
+    )
     return Experiment(
         config=config,
         init=lambda: built.init(config.seed),
@@ -219,6 +282,7 @@ def experiment(p: Pieces) -> Experiment:
             "Try a lower meta.inner_lr or optimizer.learning_rate, or gradient clipping "
             "(--config.optimizer.grad_clip_norm)."
         ),
+        fresh_start=None if p.source is None else pretrained_start(config, p.source),
     )
 
 
@@ -236,7 +300,9 @@ def val_evaluator(config, built: Built, family, mesh) -> Evaluator:
     def fn(state: TrainState, context: EvalContext) -> dict[str, float]:
         if not curve_steps:
             curve_steps.append(
-                meta_eval.make_curve_step(built.learner, mesh, int(m.ways), int(m.inner_steps))
+                meta_eval.make_curve_step(
+                    built.learner, mesh, int(m.ways), int(m.inner_steps), shots=int(m.shots)
+                )
             )
         score = meta_eval.make_scorer(family, config.eval, context.data_sharding)
         val = score(
@@ -257,7 +323,7 @@ def test_evaluator(config, built: Built, family, mesh, settings) -> Evaluator:
         out = {}
         for s in settings:
             curve_step = meta_eval.make_curve_step(
-                built.learner, mesh, s.ways, int(config.eval.inner_steps)
+                built.learner, mesh, s.ways, int(config.eval.inner_steps), shots=s.shots
             )
             per_episode = score(
                 curve_step, state.params, state.model_state, "test", s, config.eval.episodes

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
@@ -55,15 +56,27 @@ def settings(config: ml_collections.ConfigDict, kind: str) -> list[Setting]:
     return [Setting(int(w), int(s), queries) for w, s in itertools.product(ways, shots)]
 
 
-def make_curve_step(learner, mesh: Mesh, ways: int, steps: int) -> Callable:
+def episode_ways(batch: PyTree, ways: int, shots: int) -> int:
+    """The number of classes of a meta-batch's episodes, read from its (static) shape: fewer
+    than `ways` when they come from a task with fewer classes (`mtl.meta.task_family`).
+    Regression episodes (float targets) keep `ways`."""
+    y = batch["support"]["y"]
+    if not jnp.issubdtype(y.dtype, jnp.integer):
+        return ways
+    return y.shape[-1] // shots
+
+
+def make_curve_step(learner, mesh: Mesh, ways: int, steps: int, shots: int = 0) -> Callable:
     """`(meta, model_state, batch) -> [tasks, steps + 1]` query metrics.
 
     Each device adapts to its share of the tasks; the curves come back replicated (gathered
-    over `data`), so every process can read all of them, as a multi-host run needs.
+    over `data`), so every process can read all of them, as a multi-host run needs. With
+    `shots`, episodes of fewer than `ways` classes are scored as such (`episode_ways`).
     """
 
     def local(meta, model_state, batch):
-        curve = lambda ep: learner.curve(meta, model_state, ep, ways=ways, steps=steps)
+        n = episode_ways(batch, ways, shots) if shots else ways
+        curve = lambda ep: learner.curve(meta, model_state, ep, ways=n, steps=steps)
         return jax.vmap(curve)(batch)
 
     sharded = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P("data")), out_specs=P("data"))
