@@ -12,7 +12,8 @@ classes). ProtoNets by default; MAML-family learners adapt the head, the trunk's
 factors or everything:
 
     --config.meta.method=maml --config.meta.adapt=head      # ANIL on the pretrained encoder
-    --config.meta.method=maml --config.meta.adapt=lora --config.meta.lora_rank=8
+    --config.meta.method=maml --config.meta.adapt=lora --config.meta.lora_rank=8 \\
+        --config.meta.inner_lr=0.1     # SGD on the factors: their alpha/rank scale multiplies it
     --config.meta.method=imaml | r2d2 | pmf                 # see mtl/meta/methods.py
 
 Heads are built per episode (zero or prototype heads), since the tasks have 2 to 50 classes.

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from absl import logging
 
 from mtl.errors import ConfigError, DataError
 
@@ -124,6 +125,30 @@ def tokenize(
         k: np.asarray(encoded[k], np.int32)
         for k in ("input_ids", "attention_mask", "token_type_ids")
     }
+
+
+def check_sentences(sentences: Sequence[Any]) -> list[str]:
+    """The sentences as strings; an empty or missing one is a `DataError` naming its index."""
+    out = []
+    for i, sentence in enumerate(sentences):
+        if sentence is None or not str(sentence).strip():
+            raise DataError(f"Sentence {i} is empty: give every example some text, or drop it.")
+        out.append(str(sentence))
+    return out
+
+
+def truncated(tokenizer: Any, sentences: Sequence[str], max_length: int) -> int:
+    """How many sentences are longer than `max_length` tokens; logs a warning (with the
+    first one) when any are, since their ends are cut off."""
+    lengths = [len(ids) for ids in tokenizer(list(sentences), truncation=False)["input_ids"]]
+    long = [i for i, n in enumerate(lengths) if n > max_length]
+    if long:
+        logging.warning(
+            "%d of %d sentences are longer than the model's %d tokens and are cut to it "
+            "(sentence %d has %d tokens). Raise data.max_length if their ends matter.",
+            len(long), len(lengths), max_length, long[0], lengths[long[0]],
+        )  # fmt: skip
+    return len(long)
 
 
 def trim_padding(inputs: Mapping[str, np.ndarray], multiple: int) -> dict[str, np.ndarray]:

@@ -175,11 +175,15 @@ def _text_table_inputs(*, tokenizer_dir: str | None, max_length: int, **options)
     from mtl.data import text
 
     loaded = []  # the tokenizer, read on first use and kept
+    warned = []  # the truncation warning is given once per learner
 
     def preprocess(sentences):
         if not loaded:
             loaded.append(text.load_tokenizer(text.check_tokenizer_dir(tokenizer_dir)))
-        return text.tokenize(loaded[0], [str(s) for s in sentences], int(max_length))
+        sentences = text.check_sentences(sentences)
+        if not warned and text.truncated(loaded[0], sentences, int(max_length)):
+            warned.append(True)
+        return text.tokenize(loaded[0], sentences, int(max_length))
 
     width = (int(max_length),)
     return {"input_ids": width, "attention_mask": width, "token_type_ids": width}, preprocess

@@ -193,7 +193,7 @@ class IMaml:
     def meta_grads(self, meta, state, batch, *, ways: int, step: jax.Array):
         del step
         grads, aux = jax.vmap(lambda ep: self.task_grads(meta, state, ep, ways=ways))(batch)
-        return jax.tree.map(lambda a: jnp.mean(a, 0), (grads, aux))
+        return mm.episode_mean((grads, aux))
 
     def curve(self, meta, state, episode, *, ways: int, steps: int) -> jax.Array:
         """Query metric before adaptation and after each of `steps` inner steps."""

@@ -54,20 +54,29 @@ class Learner:
     def trained_ways(self) -> int:
         return int(self.config.meta.ways)
 
+    def inputs(self, raw) -> PyTree:
+        """Model inputs from raw ones: images or x values as arrays, text as a list of
+        sentences (tokenised here; empty ones raise, over-long ones are cut with a warning)."""
+        if isinstance(raw, list | tuple) and raw and isinstance(raw[0], str):
+            raw = list(raw)  # sentences stay strings for the tokenizer
+        else:
+            raw = np.asarray(raw)
+        return jax.tree.map(jnp.asarray, self.preprocess(raw))
+
     def adapt(self, support_x, support_y, steps: int | None = None) -> AdaptedLearner:
         """Adapts to a support set; `steps` defaults to the config's `eval.inner_steps`."""
-        x = jnp.asarray(self.preprocess(np.asarray(support_x)))
+        x = self.inputs(support_x)
         y_raw = np.asarray(support_y)
-        if len(y_raw) != len(x):
+        if len(y_raw) != _count(x):
             raise DataError(
-                f"{len(x)} support inputs but {len(y_raw)} labels; give one label each."
+                f"{_count(x)} support inputs but {len(y_raw)} labels; give one label each."
             )
         if self.kind == "classification":
             classes, y = np.unique(y_raw, return_inverse=True)
             y = jnp.asarray(y.reshape(-1).astype(np.int32))
             self._check_ways(len(classes))
         else:
-            classes, y = None, jnp.asarray(y_raw, jnp.float32).reshape(len(x), -1)
+            classes, y = None, jnp.asarray(y_raw, jnp.float32).reshape(_count(x), -1)
         ways = 1 if classes is None else len(classes)
         steps = int(self.config.eval.inner_steps if steps is None else steps)
         if steps < self.method.min_adapt_steps:
@@ -86,7 +95,10 @@ class Learner:
 
     def _check_ways(self, ways: int) -> None:
         if ways < 2:
-            raise DataError(f"A classification support set needs at least 2 classes, got {ways}.")
+            raise DataError(
+                f"A classification support set needs at least 2 classes, got {ways}: add "
+                "examples of another class."
+            )
         if self.method.head_per_episode or ways == self.trained_ways:
             return
         raise ConfigError(
@@ -111,7 +123,7 @@ class AdaptedLearner:
     def outputs(self, query_x) -> np.ndarray:
         """Logits [n, ways] (classification) or predictions [n, 1] (regression)."""
         lr = self.learner
-        x = jnp.asarray(lr.preprocess(np.asarray(query_x)))
+        x = lr.inputs(query_x)
         predict = _predict_jit(lr.method, self.ways, self.steps, lr._train_bn)
         return np.asarray(predict(lr.meta, lr.model_state, self.adapted, x))
 
@@ -121,6 +133,24 @@ class AdaptedLearner:
         if self.classes is None:
             return out
         return self.classes[np.argmax(out, axis=-1)]
+
+    def evaluate(self, query_x, query_y) -> float:
+        """Accuracy on labelled queries (classification); a query label the support set did
+        not have is a `DataError` (no prediction can match it)."""
+        if self.classes is None:
+            raise ConfigError("evaluate scores classification; use predict for regression.")
+        labels = np.asarray(query_y)
+        unknown = sorted(set(labels.tolist()) - set(self.classes.tolist()), key=str)
+        if unknown:
+            raise DataError(
+                f"Query label {unknown[0]!r} is not among the support set's labels "
+                f"{self.classes.tolist()}: every query class needs support examples."
+            )
+        return float(np.mean(self.predict(query_x) == labels))
+
+
+def _count(x: PyTree) -> int:
+    return int(jax.tree.leaves(x)[0].shape[0])
 
 
 _CACHE: dict = {}

@@ -358,7 +358,7 @@ class Maml:
             return jnp.mean(losses), aux
 
         grads, aux = jax.grad(mean_loss, has_aux=True)(meta)
-        return grads, jax.tree_util.tree_map(lambda a: jnp.mean(a, 0), aux)
+        return grads, mm.episode_mean(aux)
 
     def curve(self, meta, state, episode, *, ways: int, steps: int) -> jax.Array:
         """Query metric before adaptation and after each of `steps` inner steps: [steps + 1]."""

@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mtl.meta import model as mm
+from mtl.meta.finetune import FineTuneOptions, PmfOptions, SetFitOptions
 from mtl.meta.imaml import IMamlOptions
 from mtl.meta.maml import MamlOptions
 from mtl.meta.protocol import MetaLearner, MethodOptions
@@ -35,6 +36,15 @@ METHODS.register("reptile")(ReptileOptions)
 METHODS.register("protonets")(ProtoNetOptions)
 METHODS.register("imaml")(IMamlOptions)
 METHODS.register("r2d2")(R2D2Options)
+METHODS.register("finetune")(FineTuneOptions)
+METHODS.register("setfit")(SetFitOptions)
+METHODS.register("pmf")(PmfOptions)
+
+
+def meta_trains(meta_config: Mapping[str, Any]) -> bool:
+    """Whether the method learns anything from meta-training episodes (the fine-tuning
+    baselines do not: they adapt the pretrained trunk to each support set)."""
+    return getattr(options(meta_config), "meta_trains", True)
 
 
 def all_defaults() -> dict[str, Any]:

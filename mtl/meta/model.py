@@ -100,6 +100,18 @@ def build(
     return model, params, {"trunk": trunk_state}
 
 
+def episode_mean(tree: PyTree) -> PyTree:
+    """Means over the leading (episode) axis of metrics and batch-norm statistics; leaves that
+    are not numbers to average (a dropout RNG key, counters) keep the first episode's."""
+
+    def mean(a):
+        if jnp.issubdtype(a.dtype, jnp.inexact):
+            return jnp.mean(a, 0)
+        return a[0]
+
+    return jax.tree.map(mean, tree)
+
+
 def _shape(input_shape):
     """A tuple, or for text a dict of tuples (one per input array)."""
     if isinstance(input_shape, Mapping):

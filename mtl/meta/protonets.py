@@ -104,7 +104,7 @@ class ProtoNet:
             return jnp.mean(losses), aux
 
         grads, aux = jax.grad(mean_loss, has_aux=True)(meta)
-        return grads, jax.tree_util.tree_map(lambda a: jnp.mean(a, 0), aux)
+        return grads, mm.episode_mean(aux)
 
     def curve(self, meta, state, episode, *, ways: int, steps: int) -> jax.Array:
         """Query accuracy [1]: prototypes need no inner steps (`steps` is ignored)."""

@@ -117,7 +117,7 @@ class R2D2:
             return jnp.mean(losses), aux
 
         grads, aux = jax.grad(mean_loss, has_aux=True)(meta)
-        return grads, jax.tree.map(lambda a: jnp.mean(a, 0), aux)
+        return grads, mm.episode_mean(aux)
 
     def curve(self, meta, state, episode, *, ways: int, steps: int) -> jax.Array:
         del steps

@@ -88,7 +88,7 @@ class Reptile:
     def meta_grads(self, meta, state, batch, *, ways: int, step: jax.Array):
         del step
         deltas, aux = jax.vmap(lambda ep: self.task_delta(meta, state, ep, ways=ways))(batch)
-        mean = lambda tree: jax.tree_util.tree_map(lambda a: jnp.mean(a, 0), tree)
+        mean = mm.episode_mean
         return {"params": mean(deltas)}, mean(aux)
 
     def curve(self, meta, state, episode, *, ways: int, steps: int) -> jax.Array:

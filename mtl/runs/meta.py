@@ -21,15 +21,17 @@ import os
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
+from absl import logging
 from jax.sharding import PartitionSpec as P
 
 from mtl import checkpoint, optim, parallel
 from mtl.data import text
-from mtl.errors import ConfigError
+from mtl.errors import ConfigError, DataError
 from mtl.meta import curves, families, methods
 from mtl.meta import model as mm
 from mtl.meta.learner import Learner
@@ -77,9 +79,15 @@ def validate(config: ml_collections.ConfigDict) -> str:
         )
     methods.check_method(config.meta, kind, config.model.get("head_hidden", ()))
     optim.make_optimizer(config.optimizer, config.num_steps)
-    for field in ("num_steps", "log_every"):
-        if int(config[field]) < 1:
-            raise ConfigError(f"config.{field} must be >= 1, got {config[field]}.")
+    if int(config.log_every) < 1:
+        raise ConfigError(f"config.log_every must be >= 1, got {config.log_every}.")
+    if int(config.num_steps) < 0:
+        raise ConfigError(f"config.num_steps must be >= 0, got {config.num_steps}.")
+    if int(config.num_steps) > 0 and not methods.meta_trains(config.meta):
+        raise ConfigError(
+            f"meta.method={config.meta.method!r} is not meta-trained: it adapts the trunk "
+            "(init.checkpoint) to each support set. Set --config.num_steps=0."
+        )
     for field in ("episodes", "batch"):
         if int(config.eval[field]) < 1:
             raise ConfigError(f"config.eval.{field} must be >= 1, got {config.eval[field]}.")
@@ -158,9 +166,21 @@ def make_train_step(learner, optimizer, mesh, ways: int, metric: str, shots: int
         # Each device differentiates its own copy of the (replicated) meta-parameters, so its
         # gradient is that of its share of the episodes; pmean makes the global mean.
         # (Differentiating the replicated value itself would make JAX psum the gradients.)
+        given = model_state
         meta, model_state = jax.lax.pcast((meta, model_state), "data", to="varying")
         grads, aux = learner.meta_grads(meta, model_state, batch, ways=n, step=step)
-        return jax.lax.pmean((grads, aux), "data")
+        # Averages over devices; state that is not a number to average (a dropout RNG key
+        # of a trunk run without dropout) stays as it was given, replicated.
+        aux["state"] = jax.tree.map(
+            lambda new, old: new if jnp.issubdtype(new.dtype, jnp.inexact) else old,
+            aux["state"],
+            given,
+        )
+        averaged = jax.tree.map(
+            lambda a: jax.lax.pmean(a, "data") if jnp.issubdtype(a.dtype, jnp.inexact) else a,
+            (grads, aux),
+        )
+        return averaged
 
     sharded = jax.shard_map(
         local, mesh=mesh, in_specs=(P(), P(), P("data"), P()), out_specs=(P(), P())
@@ -315,15 +335,45 @@ def val_evaluator(config, built: Built, family, mesh) -> Evaluator:
     return Evaluator("val", fn, every=every, final=False)
 
 
+def candidate_rates(learner) -> tuple[float, ...]:
+    """The test-time fine-tuning rates a learner chooses among on meta-val (P>M>F)."""
+    plan = getattr(learner, "plan", None)
+    return tuple(plan.lrs) if plan is not None and len(plan.lrs) > 1 else ()
+
+
+def choose_rate(config, learner, mesh, score, state: TrainState):
+    """The learner with the fine-tuning rate whose meta-val accuracy (final step) is best,
+    and `{"finetune_lr": rate, "val": {rate: accuracy}}`; unchanged without candidates."""
+    rates = candidate_rates(learner)
+    if not rates:
+        return learner, {}
+    m = config.meta
+    setting = meta_eval.Setting(int(m.ways), int(m.shots), int(m.queries))
+    val = {}
+    for rate in rates:
+        candidate = learner.with_lr(rate)
+        step = meta_eval.make_curve_step(
+            candidate, mesh, int(m.ways), int(config.eval.inner_steps), shots=int(m.shots)
+        )
+        curves_ = score(step, state.params, state.model_state, "val", setting,
+                        config.eval.val_episodes)  # fmt: skip
+        val[rate] = float(curves_[:, -1].mean())
+    best = max(val, key=val.get)
+    logging.info("Fine-tuning rate %g chosen on meta-val: %s", best, val)
+    return learner.with_lr(best), {"finetune_lr": best, "val": {str(k): v for k, v in val.items()}}
+
+
 def test_evaluator(config, built: Built, family, mesh, settings) -> Evaluator:
-    """`meta_test`: per-episode curves of every setting on meta-test episodes, summarized."""
+    """`meta_test`: per-episode curves of every setting on meta-test episodes, summarized
+    (`selected`: a test-time rate chosen on meta-val first, see `choose_rate`)."""
 
     def fn(state: TrainState, context: EvalContext) -> dict[str, Any]:
         score = meta_eval.make_scorer(family, config.eval, context.data_sharding)
-        out = {}
+        learner, selected = choose_rate(config, built.learner, mesh, score, state)
+        out = {"selected": selected} if selected else {}
         for s in settings:
             curve_step = meta_eval.make_curve_step(
-                built.learner, mesh, s.ways, int(config.eval.inner_steps), shots=s.shots
+                learner, mesh, s.ways, int(config.eval.inner_steps), shots=s.shots
             )
             per_episode = score(
                 curve_step, state.params, state.model_state, "test", s, config.eval.episodes
@@ -343,7 +393,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Result:
         return result
     step, m = int(result.state.step), config.meta
     results = {"step": step, "method": m.method, "metric": meta_eval.metric_name(p.built.kind)}
-    results["test"] = result.metrics["meta_test"]
+    results["test"] = dict(result.metrics["meta_test"])
+    if "selected" in results["test"]:
+        results["selected"] = results["test"].pop("selected")
     labelled = {f"{m.method} {name}": c for name, c in results["test"].items()}
     if joint_baseline.enabled(config):
         baseline = joint_baseline.train_and_score(p, os.path.join(workdir, "joint"))
@@ -381,9 +433,26 @@ def load_learner(workdir: str, *, step: int | None = None) -> Learner:
         state = manager.restore(chosen, args=ocp.args.StandardRestore(abstract))
     finally:
         manager.close()
-    return Learner(
-        config, built.learner, state.params, state.model_state, kind, preprocess, int(chosen)
-    )
+    learner = built.learner
+    selected = _selected(workdir)
+    if "finetune_lr" in selected:  # the rate meta-val chose (P>M>F)
+        learner = learner.with_lr(float(selected["finetune_lr"]))
+    return Learner(config, learner, state.params, state.model_state, kind, preprocess, int(chosen))
+
+
+def _selected(workdir: str) -> dict:
+    """What the run chose on meta-val, from its results.json (empty when none)."""
+    path = os.path.join(workdir, "results.json")
+    if not os.path.isfile(path):
+        return {}
+    try:
+        with open(path) as f:
+            return json.load(f).get("selected") or {}
+    except json.JSONDecodeError as err:
+        raise DataError(
+            f"{path} is damaged ({err}). Run the same launch.train command again to rewrite "
+            "it (the checkpoints are kept)."
+        ) from None
 
 
 def load_state(workdir: str) -> dict:

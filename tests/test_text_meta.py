@@ -1,0 +1,185 @@
+"""Rapid adaptation of a pretrained text encoder: episodes one task at a time, meta-learning
+from a converted checkpoint, the fine-tuning baselines, and `load_learner` on sentences."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from mtl.errors import ConfigError, DataError
+from mtl.meta import families
+from mtl.runs import meta
+from tests.conftest import TINY_BERT
+from tests.own_data import write_table
+
+WORDS = {"sport": ["goal", "match", "team"], "food": ["bread", "soup", "cake"],
+         "music": ["song", "band", "guitar"], "weather": ["rain", "snow", "wind"]}  # fmt: skip
+
+
+def _task(tmp_path, name, classes, rows_per_class=10):
+    rng = np.random.default_rng(len(name))
+    rows = [
+        [f"{name} {' '.join(rng.choice(WORDS[c], 3))} {i}", c]
+        for c in classes
+        for i in range(rows_per_class)
+    ]
+    return write_table(str(tmp_path / f"{name}.csv"), ["text", "label"], rows)
+
+
+@pytest.fixture()
+def task_tables(tmp_path):
+    return {
+        "alpha": _task(tmp_path, "alpha", ["sport", "food"]),
+        "beta": _task(tmp_path, "beta", ["sport", "food", "music"]),
+        "gamma": _task(tmp_path, "gamma", ["music", "weather", "food"]),
+        "delta": _task(tmp_path, "delta", ["weather", "sport"]),
+    }
+
+
+def _data(tables, tokenizer, **splits):
+    return dict(name="text_tasks", tables=tables, tokenizer_dir=tokenizer, max_length=16,
+                train_tasks=("alpha", "beta"), val_tasks=("delta",), test_tasks=("gamma",),
+                **splits)  # fmt: skip
+
+
+def test_text_episodes_are_seeded_one_task_each_and_split_by_task(task_tables, tiny_ckpt):
+    family = families.load(_data(task_tables, tiny_ckpt))
+    assert family.tasks("train") == ("alpha", "beta") and family.tasks("test") == ("gamma",)
+    a = family.sample("train", 0, 5, batch=2, ways=3, shots=2, queries=3)
+    b = family.sample("train", 0, 5, batch=2, ways=3, shots=2, queries=3)
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+    ways_seen = set()
+    for index in range(12):  # binary alpha gives 2-way episodes, beta 3-way
+        episodes = family.sample("train", 0, index, batch=2, ways=3, shots=2, queries=3)
+        ways_seen.add(episodes["support"]["y"].shape[1] // 2)
+        assert episodes["support"]["y"].max() < episodes["support"]["y"].shape[1] // 2
+    assert ways_seen == {2, 3}
+    # Meta-test episodes hold meta-test task rows only (its sentences start with its name).
+    ids = family.sample("test", 0, 0, batch=2, ways=3, shots=2, queries=3)["query"]["x"]
+    gamma = family.splits["test"][0][1].inputs["input_ids"]
+    rows = {tuple(r) for r in gamma}
+    assert all(tuple(r) in rows for r in ids["input_ids"].reshape(-1, 16))
+    with pytest.raises(ConfigError, match="in both data.train_tasks and data.test_tasks"):
+        families.load(_data(task_tables, tiny_ckpt) | {"test_tasks": ("alpha",)})
+    with pytest.raises(ConfigError, match="'omega', which is not a loaded task"):
+        families.load(_data(task_tables, tiny_ckpt) | {"val_tasks": ("omega",)})
+
+
+def _config(task_tables, tiny_ckpt, **meta_options):
+    from configs import senteval_fewshot
+
+    config = senteval_fewshot.get_config("mr")
+    config.data = _data(task_tables, tiny_ckpt)
+    config.model.bert.update(TINY_BERT, dropout=0.0, attention_dropout=0.0)
+    config.init.checkpoint = tiny_ckpt
+    config.num_steps = 2
+    config.meta.update(ways=3, shots=2, queries=2, meta_batch=8, **meta_options)
+    config.eval.update(shots=(2,), queries=2, episodes=8, batch=8, inner_steps=2,
+                       val_episodes=8)  # fmt: skip
+    config.optimizer.update(learning_rate=1e-3, warmup_steps=0, schedule="constant")
+    return config
+
+
+def test_protonets_meta_trains_from_the_converted_encoder_and_adapts_to_sentences(
+    tmp_path, task_tables, tiny_ckpt
+):
+    from tests.test_finetune import converted_trunk
+
+    config = _config(task_tables, tiny_ckpt)
+    config.optimizer.learning_rate = 0.0  # the trunk stays as restored: compare it
+    workdir = str(tmp_path / "protonets")
+    results = meta.train(config, workdir).metrics["meta_test"]
+    assert set(results["test"]) == {"3way_2shot"}
+    trunk = meta.load_state(workdir)["params"]["params"]["trunk"]
+    saved = converted_trunk(tiny_ckpt)
+    np.testing.assert_array_equal(trunk["embeddings"]["word"]["embedding"],
+                                  saved["embeddings/word/embedding"])  # fmt: skip
+    learner = meta.load_learner(workdir)
+    adapted = learner.adapt(["goal match", "team goal", "bread soup", "cake bread"],
+                            ["sport", "sport", "food", "food"])  # fmt: skip
+    assert set(adapted.predict(["match team", "soup cake"])) <= {"sport", "food"}
+    with pytest.raises(DataError, match="Sentence 1 is empty"):
+        adapted.predict(["fine", "  "])
+    with pytest.raises(DataError, match="'music' is not among the support set's labels"):
+        adapted.evaluate(["song band"], ["music"])
+    with pytest.raises(DataError, match="at least 2 classes"):
+        learner.adapt(["goal", "match"], ["sport", "sport"])
+
+
+def test_truncated_sentences_warn_once(tiny_ckpt, caplog):
+    _, preprocess = families.describe(dict(name="text_table", tokenizer_dir=tiny_ckpt,
+                                           max_length=8))[1:]  # fmt: skip
+    long = " ".join(["word"] * 20)
+    with caplog.at_level("WARNING"):
+        preprocess([long, "short"])
+        preprocess([long])
+    assert sum("longer than the model's 8 tokens" in r.message for r in caplog.records) == 1
+
+
+def test_pmf_meta_trains_then_chooses_its_fine_tuning_rate_on_meta_val(
+    tmp_path, task_tables, tiny_ckpt
+):
+    config = _config(task_tables, tiny_ckpt, method="pmf", pmf_lrs=(0.0, 1e-3))
+    workdir = tmp_path / "pmf"
+    meta.train(config, str(workdir))
+    results = json.loads((workdir / "results.json").read_text())
+    assert 0.0 <= results["test"]["3way_2shot"]["mean"][-1] <= 1.0
+    assert results["selected"]["finetune_lr"] in (0.0, 1e-3)
+    assert set(results["selected"]["val"]) == {"0.0", "0.001"}
+    assert meta.load_learner(str(workdir)).method.plan.lr == results["selected"]["finetune_lr"]
+
+
+def test_the_probe_baseline_runs_without_meta_training_and_loads(tmp_path, task_tables, tiny_ckpt):
+    config = _config(task_tables, tiny_ckpt, method="finetune")
+    config.num_steps = 0
+    workdir = str(tmp_path / "probe")
+    meta.train(config, workdir)
+    learner = meta.load_learner(workdir)
+    support = ["goal match team", "team goal match", "bread soup cake", "cake bread soup"]
+    adapted = learner.adapt(support, ["s", "s", "f", "f"], steps=20)
+    assert adapted.evaluate(support, ["s", "s", "f", "f"]) == 1.0  # it fits its support set
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(method="finetune", finetune_head="cosine"),  # Baseline++
+        dict(method="finetune", finetune_adapt="all", finetune_lr=1e-3),
+        dict(method="finetune", finetune_adapt="lora", lora_rank=2, finetune_lr=1e-3),
+        dict(method="setfit", setfit_steps=2),
+        dict(method="maml", adapt="lora", lora_rank=2, head_init="zero", inner_lr=0.1),
+    ],
+)
+def test_text_learners_fit_a_support_set(task_tables, tiny_ckpt, options):
+    """Each learner on the tiny encoder: adapt to a 2-way support set, then classify it."""
+    from mtl.meta import methods
+    from mtl.meta import model as mm
+
+    config = _config(task_tables, tiny_ckpt, **options)
+    _, input_shape, preprocess = families.describe(config.data)
+    outputs = methods.num_outputs(config.meta, "classification")
+    lora = methods.lora(config.meta)
+    model, params, state = mm.build(
+        config.model, "classification", outputs, input_shape, seed=0, lora=lora
+    )
+    learner = methods.build(config.meta, model, params, state)
+    meta_params, state = learner.init(params, state)
+    support = ["goal match team", "team goal match", "bread soup cake", "cake bread soup"]
+    x, y = jax.tree.map(np.asarray, preprocess(support)), np.array([0, 0, 1, 1], np.int32)
+
+    @jax.jit
+    def fit(meta_params, state, x, y):
+        adapted, _ = learner.adapt(meta_params, state, {"x": x, "y": y}, ways=2, steps=10,
+                                   train_bn=False)  # fmt: skip
+        return learner.predict(meta_params, state, adapted, x, ways=2, steps=10, train_bn=False)
+
+    logits = fit(meta_params, state, x, y)
+    assert logits.shape == (4, 2)
+    np.testing.assert_array_equal(np.argmax(logits, -1), y)
+
+
+def test_baselines_refuse_meta_training(task_tables, tiny_ckpt, tmp_path):
+    config = _config(task_tables, tiny_ckpt, method="finetune")
+    with pytest.raises(ConfigError, match="is not meta-trained.*num_steps=0"):
+        meta.train(config, str(tmp_path / "x"))
