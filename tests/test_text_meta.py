@@ -2,6 +2,9 @@
 from a converted checkpoint, the fine-tuning baselines, and `load_learner` on sentences."""
 
 import json
+import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -13,6 +16,7 @@ from mtl.runs import meta
 from tests.conftest import TINY_BERT
 from tests.own_data import write_table
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORDS = {"sport": ["goal", "match", "team"], "food": ["bread", "soup", "cake"],
          "music": ["song", "band", "guitar"], "weather": ["rain", "snow", "wind"]}  # fmt: skip
 
@@ -139,6 +143,19 @@ def test_the_probe_baseline_runs_without_meta_training_and_loads(tmp_path, task_
     support = ["goal match team", "team goal match", "bread soup cake", "cake bread soup"]
     adapted = learner.adapt(support, ["s", "s", "f", "f"], steps=20)
     assert adapted.evaluate(support, ["s", "s", "f", "f"]) == 1.0  # it fits its support set
+    # The same from the command line: tables in, a predictions table out.
+    rows = [[t, label] for t, label in zip(support, ["s", "s", "f", "f"], strict=True)]
+    table = write_table(str(tmp_path / "support.csv"), ["text", "label"], rows)
+    queries = write_table(str(tmp_path / "query.csv"), ["text"], [["match goal"], ["soup"]])
+    out = tmp_path / "predictions.csv"
+    command = [sys.executable, "-m", "launch.adapt", f"--learner={workdir}", f"--support={table}",
+               f"--query={queries}", "--steps=20", f"--out={out}"]  # fmt: skip
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert out.read_text().splitlines() == ["text,prediction", "match goal,s", "soup,f"]
+    bad = subprocess.run(command[:-2] + [f"--query={table}", "--label_column=labl"], cwd=REPO,
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert bad.returncode == 2 and "Did you mean 'label'" in bad.stderr, bad.stderr[-2000:]
 
 
 @pytest.mark.parametrize(
