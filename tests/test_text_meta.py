@@ -85,32 +85,6 @@ def _config(task_tables, tiny_ckpt, **meta_options):
     return config
 
 
-def test_protonets_meta_trains_from_the_converted_encoder_and_adapts_to_sentences(
-    tmp_path, task_tables, tiny_ckpt
-):
-    from tests.test_finetune import converted_trunk
-
-    config = _config(task_tables, tiny_ckpt)
-    config.optimizer.learning_rate = 0.0  # the trunk stays as restored: compare it
-    workdir = str(tmp_path / "protonets")
-    results = meta.train(config, workdir).metrics["meta_test"]
-    assert set(results["test"]) == {"3way_2shot"}
-    trunk = meta.load_state(workdir)["params"]["params"]["trunk"]
-    saved = converted_trunk(tiny_ckpt)
-    np.testing.assert_array_equal(trunk["embeddings"]["word"]["embedding"],
-                                  saved["embeddings/word/embedding"])  # fmt: skip
-    learner = meta.load_learner(workdir)
-    adapted = learner.adapt(["goal match", "team goal", "bread soup", "cake bread"],
-                            ["sport", "sport", "food", "food"])  # fmt: skip
-    assert set(adapted.predict(["match team", "soup cake"])) <= {"sport", "food"}
-    with pytest.raises(DataError, match="Sentence 1 is empty"):
-        adapted.predict(["fine", "  "])
-    with pytest.raises(DataError, match="'music' is not among the support set's labels"):
-        adapted.evaluate(["song band"], ["music"])
-    with pytest.raises(DataError, match="at least 2 classes"):
-        learner.adapt(["goal", "match"], ["sport", "sport"])
-
-
 def test_truncated_sentences_warn_once(tiny_ckpt, caplog):
     _, preprocess = families.describe(dict(name="text_table", tokenizer_dir=tiny_ckpt,
                                            max_length=8))[1:]  # fmt: skip
@@ -121,17 +95,38 @@ def test_truncated_sentences_warn_once(tiny_ckpt, caplog):
     assert sum("longer than the model's 8 tokens" in r.message for r in caplog.records) == 1
 
 
-def test_pmf_meta_trains_then_chooses_its_fine_tuning_rate_on_meta_val(
+def test_pmf_meta_trains_from_the_encoder_chooses_its_rate_and_adapts_to_sentences(
     tmp_path, task_tables, tiny_ckpt
 ):
+    """P>M>F: ProtoNets meta-training from the converted checkpoint (at learning rate 0, so
+    the restored trunk can be compared), the test-time rate chosen on meta-val, then the
+    learner on sentences with any labels."""
+    from tests.test_finetune import converted_trunk
+
     config = _config(task_tables, tiny_ckpt, method="pmf", pmf_lrs=(0.0, 1e-3))
+    config.optimizer.learning_rate = 0.0
     workdir = tmp_path / "pmf"
     meta.train(config, str(workdir))
     results = json.loads((workdir / "results.json").read_text())
+    assert set(results["test"]) == {"3way_2shot"}
     assert 0.0 <= results["test"]["3way_2shot"]["mean"][-1] <= 1.0
     assert results["selected"]["finetune_lr"] in (0.0, 1e-3)
     assert set(results["selected"]["val"]) == {"0.0", "0.001"}
-    assert meta.load_learner(str(workdir)).method.plan.lr == results["selected"]["finetune_lr"]
+    trunk = meta.load_state(str(workdir))["params"]["params"]["trunk"]
+    saved = converted_trunk(tiny_ckpt)["embeddings/word/embedding"]
+    np.testing.assert_array_equal(trunk["embeddings"]["word"]["embedding"], saved)
+
+    learner = meta.load_learner(str(workdir))
+    assert learner.method.plan.lr == results["selected"]["finetune_lr"]
+    adapted = learner.adapt(["goal match", "team goal", "bread soup", "cake bread"],
+                            ["sport", "sport", "food", "food"], steps=2)  # fmt: skip
+    assert set(adapted.predict(["match team", "soup cake"])) <= {"sport", "food"}
+    with pytest.raises(DataError, match="Sentence 1 is empty"):
+        adapted.predict(["fine", "  "])
+    with pytest.raises(DataError, match="'music' is not among the support set's labels"):
+        adapted.evaluate(["song band"], ["music"])
+    with pytest.raises(DataError, match="at least 2 classes"):
+        learner.adapt(["goal", "match"], ["sport", "sport"])
 
 
 def test_the_probe_baseline_runs_without_meta_training_and_loads(tmp_path, task_tables, tiny_ckpt):
