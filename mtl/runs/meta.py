@@ -262,18 +262,42 @@ def pretrained_start(config: ml_collections.ConfigDict, source: restore.TrunkSou
 
     def fresh_start(state: TrainState, workdir: str) -> TrainState:
         finetune_stage.copy_tokenizer(config, workdir)
-        params = dict(state.params["params"])
-        params["trunk"], report = restore.restored_params(
-            params["trunk"], source, keep_fresh=config.init.keep_fresh, skip=config.init.skip
-        )
-        model_state = dict(state.model_state)
-        model_state["trunk"], report["statistics"] = restore.restored_stats(
-            model_state["trunk"], source
-        )
-        finetune_stage.log_restore(source, report)
-        return state.replace(params={**state.params, "params": params}, model_state=model_state)
+        return with_pretrained_trunk(state, config, source)
 
     return fresh_start
+
+
+def with_pretrained_trunk(state: TrainState, config, source: restore.TrunkSource) -> TrainState:
+    """`state` with the meta-parameters' trunk and batch-norm statistics from `source`."""
+    params = dict(state.params["params"])
+    params["trunk"], report = restore.restored_params(
+        params["trunk"], source, keep_fresh=config.init.keep_fresh, skip=config.init.skip
+    )
+    model_state = dict(state.model_state)
+    model_state["trunk"], report["statistics"] = restore.restored_stats(
+        model_state["trunk"], source
+    )
+    finetune_stage.log_restore(source, report)
+    return state.replace(params={**state.params, "params": params}, model_state=model_state)
+
+
+def pretrained_learner(config: ml_collections.ConfigDict) -> Learner:
+    """The learner of a meta-learning config with its trunk from `init.checkpoint`, without
+    meta-training or a workdir: what a baseline (`meta.method=finetune`, `setfit`, or
+    `protonets` as nearest prototype) adapts. No data is loaded.
+
+        config = senteval_fewshot.get_config(); config.init.checkpoint = "/tmp/minilm"
+        config.meta.method = "finetune"
+        labels = pretrained_learner(config).adapt(sentences, labels).predict(queries)
+    """
+    validate(config)
+    source = init_source(config)
+    if source is None:
+        raise ConfigError("pretrained_learner needs a trunk: set config.init.checkpoint.")
+    kind, input_shape, preprocess = families.describe(config.data)
+    built = build_learner(config, kind, input_shape)
+    state = with_pretrained_trunk(built.init(config.seed), config, source)
+    return Learner(config, built.learner, state.params, state.model_state, kind, preprocess, 0)
 
 
 def experiment(p: Pieces) -> Experiment:
