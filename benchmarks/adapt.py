@@ -74,7 +74,6 @@ def episode(shots: int, queries: int, seed: int = 0):
 def ours(checkpoint: str, method: str, support, labels, queries, steps: int, setfit_steps: int):
     from configs import senteval_fewshot
     from mtl.runs.meta import pretrained_learner
-
     from mtl.transfer import restore
 
     config = senteval_fewshot.get_config()
