@@ -191,3 +191,27 @@ def test_baselines_refuse_meta_training(task_tables, tiny_ckpt, tmp_path):
     config = _config(task_tables, tiny_ckpt, method="finetune")
     with pytest.raises(ConfigError, match="is not meta-trained.*num_steps=0"):
         meta.train(config, str(tmp_path / "x"))
+
+
+def test_sentences_are_predicted_in_trimmed_chunks_with_the_full_width_outputs(
+    task_tables, tiny_ckpt, monkeypatch
+):
+    """Chunks sorted by length and cut to their longest sentence (the support set cut to its
+    own width) give the logits of one full-width batch: nearest prototype, whose predict joins
+    support and queries of different widths."""
+    from mtl.meta import learner as learners
+
+    config = _config(task_tables, tiny_ckpt, method="protonets")
+    config.data.max_length = 48
+    learner = meta.pretrained_learner(config)
+    support = ["goal match team", "team goal", "bread soup cake", "cake bread"]
+    queries = ["soup", " ".join(["match goal"] * 12), "bread", "team", " ".join(["cake"] * 30)]
+    monkeypatch.setattr(learners, "TEXT_CHUNK", 2)
+    adapted = learner.adapt(support, ["s", "s", "f", "f"], steps=0)
+    assert adapted.adapted["x"]["input_ids"].shape[1] == 16  # the support set, cut
+    chunked = adapted.outputs(queries)
+    full = learner.method.predict(
+        learner.meta, learner.model_state, {"x": learner.inputs(support), "y": adapted.adapted["y"]},
+        learner.inputs(queries), ways=2, steps=0, train_bn=False,
+    )  # fmt: skip
+    np.testing.assert_allclose(chunked, np.asarray(full), atol=1e-5)

@@ -151,17 +151,21 @@ def truncated(tokenizer: Any, sentences: Sequence[str], max_length: int) -> int:
     return len(long)
 
 
-def trim_padding(inputs: Mapping[str, np.ndarray], multiple: int) -> dict[str, np.ndarray]:
+def trim_padding(
+    inputs: Mapping[str, np.ndarray], multiple: int, *, keep_pad_column: bool = False
+) -> dict[str, np.ndarray]:
     """Cuts [B, L] token arrays to the batch's longest sentence, rounded up to `multiple`.
 
     Padding positions change nothing for the real tokens (they are masked out of attention and
-    of mean pooling), so this is exact; `multiple` <= 0 keeps the full width.
+    of mean pooling), so this is exact; `multiple` <= 0 keeps the full width. With
+    `keep_pad_column`, a cut batch keeps at least one padding column, so that it can be widened
+    again by repeating its last column (`mtl.meta.model.join_examples`).
     """
     if multiple <= 0 or "attention_mask" not in inputs:
         return dict(inputs)
     width = inputs["attention_mask"].shape[1]
     longest = int(np.max(np.sum(inputs["attention_mask"] != 0, axis=1), initial=1))
-    keep = min(width, -(-longest // multiple) * multiple)
+    keep = min(width, -(-(longest + int(keep_pad_column)) // multiple) * multiple)
     return {k: v[:, :keep] for k, v in inputs.items()}
 
 

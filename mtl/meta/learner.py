@@ -65,7 +65,7 @@ class Learner:
 
     def adapt(self, support_x, support_y, steps: int | None = None) -> AdaptedLearner:
         """Adapts to a support set; `steps` defaults to the config's `eval.inner_steps`."""
-        x = self.inputs(support_x)
+        x = _trimmed(self.inputs(support_x)) if _is_text(support_x) else self.inputs(support_x)
         y_raw = np.asarray(support_y)
         if len(y_raw) != _count(x):
             raise DataError(
@@ -121,11 +121,30 @@ class AdaptedLearner:
     classes: np.ndarray | None  # the support set's labels, index = output index
 
     def outputs(self, query_x) -> np.ndarray:
-        """Logits [n, ways] (classification) or predictions [n, 1] (regression)."""
+        """Logits [n, ways] (classification) or predictions [n, 1] (regression).
+
+        Sentences are predicted in chunks of `TEXT_CHUNK`, sorted by length and each cut to its
+        longest sentence (the trunks have no batch statistics, so chunking changes nothing but
+        the time; padding to `max_length` would cost up to `max_length / length` times more).
+        Other inputs go through in one batch (batch norm with `bn_test="batch"` sees them all).
+        """
         lr = self.learner
-        x = lr.inputs(query_x)
         predict = _predict_jit(lr.method, self.ways, self.steps, lr._train_bn)
-        return np.asarray(predict(lr.meta, lr.model_state, self.adapted, x))
+        if not _is_text(query_x):
+            return np.asarray(predict(lr.meta, lr.model_state, self.adapted, lr.inputs(query_x)))
+        tokens = {k: np.asarray(v) for k, v in lr.inputs(query_x).items()}
+        order = np.argsort(tokens["attention_mask"].sum(axis=1), kind="stable")
+        chunk = min(TEXT_CHUNK, len(order))
+        out = [None] * len(order)
+        for start in range(0, len(order), chunk):
+            rows = order[start : start + chunk]
+            # The last chunk repeats rows to the chunk's size: one compiled shape per width.
+            padded = np.resize(rows, chunk)
+            x = _trimmed({k: v[padded] for k, v in tokens.items()})
+            logits = np.asarray(predict(lr.meta, lr.model_state, self.adapted, x))
+            for i, row in enumerate(rows):
+                out[row] = logits[i]
+        return np.stack(out)
 
     def predict(self, query_x) -> np.ndarray:
         """Labels (in the support set's labels) or regression values [n, 1]."""
@@ -147,6 +166,20 @@ class AdaptedLearner:
                 f"{self.classes.tolist()}: every query class needs support examples."
             )
         return float(np.mean(self.predict(query_x) == labels))
+
+
+TEXT_CHUNK = 256  # sentences per compiled prediction call
+
+
+def _is_text(raw) -> bool:
+    return isinstance(raw, list | tuple) and bool(raw) and isinstance(raw[0], str)
+
+
+def _trimmed(tokens: PyTree) -> PyTree:
+    from mtl.data import text
+
+    tokens = {k: np.asarray(v) for k, v in tokens.items()}
+    return jax.tree.map(jnp.asarray, text.trim_padding(tokens, 16, keep_pad_column=True))
 
 
 def _count(x: PyTree) -> int:

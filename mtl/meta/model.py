@@ -112,6 +112,20 @@ def episode_mean(tree: PyTree) -> PyTree:
     return jax.tree.map(mean, tree)
 
 
+def join_examples(a: PyTree, b: PyTree) -> PyTree:
+    """`a` and `b` concatenated along the example axis. Token arrays of different widths (the
+    learner cuts padding per batch: `mtl.data.text.trim_padding`, which keeps a padding column
+    when it cuts) are first widened to the wider one by repeating their last column."""
+
+    def join(x, y):
+        if x.ndim == 2 and x.shape[1] != y.shape[1]:
+            width = max(x.shape[1], y.shape[1])
+            x, y = (jnp.pad(v, ((0, 0), (0, width - v.shape[1])), mode="edge") for v in (x, y))
+        return jnp.concatenate([x, y])
+
+    return jax.tree.map(join, a, b)
+
+
 def _shape(input_shape):
     """A tuple, or for text a dict of tuples (one per input array)."""
     if isinstance(input_shape, Mapping):

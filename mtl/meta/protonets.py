@@ -83,7 +83,7 @@ class ProtoNet:
 
     def embed_episode(self, meta, state, support_x, query_x, train_bn: bool):
         """Support and query embeddings from one pass of both through the trunk."""
-        x = jax.tree.map(lambda s, q: jnp.concatenate([s, q]), support_x, query_x)  # text: dicts
+        x = mm.join_examples(support_x, query_x)  # text: dicts
         z, new = self.model.trunk.apply(meta["params"]["trunk"], state["trunk"], x, train=train_bn)
         n = jax.tree.leaves(support_x)[0].shape[0]
         return z[:n], z[n:], {"trunk": new}

@@ -97,7 +97,7 @@ class R2D2:
         return {"params": {"trunk": params["trunk"]}, "ridge": ridge}, state
 
     def _logits(self, meta, state, support, query_x, ways, train_bn):
-        x = jax.tree.map(lambda s, q: jnp.concatenate([s, q]), support["x"], query_x)
+        x = mm.join_examples(support["x"], query_x)
         z, new = self.model.embed(meta["params"], state, x, train=train_bn)
         n = support["y"].shape[0]
         return ridge_logits(z[:n], support["y"], z[n:], ways, meta["ridge"]), new
