@@ -210,8 +210,26 @@ def test_sentences_are_predicted_in_trimmed_chunks_with_the_full_width_outputs(
     adapted = learner.adapt(support, ["s", "s", "f", "f"], steps=0)
     assert adapted.adapted["x"]["input_ids"].shape[1] == 16  # the support set, cut
     chunked = adapted.outputs(queries)
+    support_set = {"x": learner.inputs(support), "y": adapted.adapted["y"]}
     full = learner.method.predict(
-        learner.meta, learner.model_state, {"x": learner.inputs(support), "y": adapted.adapted["y"]},
-        learner.inputs(queries), ways=2, steps=0, train_bn=False,
+        learner.meta, learner.model_state, support_set, learner.inputs(queries),
+        ways=2, steps=0, train_bn=False,
     )  # fmt: skip
     np.testing.assert_allclose(chunked, np.asarray(full), atol=1e-5)
+
+
+def test_fewshot_results_draw_seeded_k_shot_support_sets_and_score_them(task_tables, tiny_ckpt):
+    from scripts import fewshot_text_results as results
+
+    labels = np.array([0, 1, 2] * 10)
+    first = results.support_indices(labels, 4, 0, "mr")
+    np.testing.assert_array_equal(first, results.support_indices(labels, 4, 0, "mr"))
+    assert np.bincount(labels[first]).tolist() == [4, 4, 4]
+    assert not np.array_equal(first, results.support_indices(labels, 4, 1, "mr"))
+    config = _config(task_tables, tiny_ckpt, method="protonets")
+    learner = meta.pretrained_learner(config)
+    pool = (["goal match", "team goal", "soup cake", "bread soup", "match team", "cake"],
+            np.array([0, 0, 1, 1, 0, 1]))  # fmt: skip
+    test = (["goal team", "soup bread"], np.array([0, 1]))
+    scores = results.score(learner, pool, test, 2, 3, "mr", steps=0)
+    assert len(scores) == 3 and all(0.0 <= s <= 1.0 for s in scores)
