@@ -1,4 +1,5 @@
-"""conv4 against ResNet-12 on the Omniglot meta-learning protocol, ProtoNets and MAML.
+"""conv4 against ResNet-12 on the Omniglot meta-learning protocol: ProtoNets, MAML and the
+newer meta-learners (iMAML, R2D2, BOIL).
 
     .venv/bin/python -m scripts.backbone_results --root=/work/runs/backbones \
         --omniglot_dir=../shared/data/omniglot --readme=docs/models.md
@@ -10,18 +11,22 @@
   so that the model trained on 5-way 1-shot episodes is scored on 5- and 20-way, 1- and 5-shot
   meta-test episodes too), scored after 10 inner steps. The ResNet-12's inner rate is
   `--resnet12_inner_lr` (conv4 keeps the config's 2.0, with which the ResNet-12's query loss
-  starts in the tens).
+  starts in the tens);
+- iMAML, R2D2 and BOIL (`NEW_LEARNERS`: the MAML config's 5-way 1-shot episodes with the
+  method's options): iMAML and R2D2 build their heads per episode and are scored on every
+  setting, BOIL's meta-learned 5-way head on the 5-way ones.
 
 Each method trains the same number of steps on both trunks (`--protonets_steps`,
 `--maml_steps`); `--resnet12_channels` sets the ResNet-12's stage widths (the paper's
 64,160,320,640 costs about 30 s per ProtoNets meta-step on two CPU cores: use a GPU for it).
 Finished runs are reused; the table is printed and, with --readme, written between the
-markers of that page.
+markers of that page (`backbone-results-METHOD`, or `--marker` for one block of every method).
 """
 
 from __future__ import annotations
 
 import os
+import re
 
 from absl import flags, logging
 
@@ -30,9 +35,28 @@ from scripts.finished_runs import timed_summary
 from scripts.readme import write_between
 
 
-def markers(method: str) -> tuple[str, str]:
-    """Each method's table has its own block, so one method can be rerun alone."""
-    return f"<!-- backbone-results-{method}:begin -->", f"<!-- backbone-results-{method}:end -->"
+def markers(name: str) -> tuple[str, str]:
+    """A method's own block `backbone-results-METHOD` (so one method can be rerun alone), or
+    the `--marker` block."""
+    name = name if _MARKER.value else f"backbone-results-{name}"
+    return f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+
+
+def budget(method: str) -> str:
+    if method == "protonets":
+        return f"ProtoNets {_PROTO_STEPS.value} meta-steps, {_EPISODES.value} meta-test episodes"
+    options = _MAML_VARIANTS.value + "".join(
+        f", {k}={v}" for k, v in NEW_LEARNERS.get(method, {}).items()
+    )
+    rates = (
+        ""
+        if method in NEW_LEARNERS
+        else f"; inner rate 2.0 conv4, {_RESNET12_INNER_LR.value} ResNet-12"
+    )
+    return (
+        f"{method} ({options}{rates}) {_MAML_STEPS.value} meta-steps, "
+        f"{_MAML_EPISODES.value} meta-test episodes"
+    )
 
 
 _ROOT = flags.DEFINE_string("root", "/tmp/backbones", "Folder for the runs.")
@@ -52,14 +76,25 @@ _CHANNELS = flags.DEFINE_list(
 )
 _EPISODES = flags.DEFINE_integer("episodes", 600, "Meta-test episodes per setting.")
 _METHODS = flags.DEFINE_list("methods", ["protonets", "maml"], "Methods to run.")
+_TRUNKS = flags.DEFINE_list("trunks", ["conv4", "resnet12"], "Trunks, one column each.")
 _README = flags.DEFINE_string("readme", "", "Page to write the table into (between markers).")
+_MARKER = flags.DEFINE_string("marker", "", "One block for all methods (default: one each).")
 
-TRUNKS = ("conv4", "resnet12")
+TRUNK_NAMES = {"conv4": "conv4 (64 filters)", "resnet12": "ResNet-12 ({})"}
+# config.meta of the newer meta-learners, on configs/omniglot_maml.py's episodes.
+NEW_LEARNERS = {
+    "imaml": dict(method="imaml", head_init="zero", inner_lr=0.5, inner_steps=5, cg_steps=5),
+    "r2d2": dict(method="r2d2"),
+    "boil": dict(method="maml", adapt="body", head_init="learned", inner_lr=0.5),
+}
 
 
 def config_for(method: str, trunk: str):
     from configs import omniglot_maml, omniglot_protonets
+    from mtl.meta import methods
 
+    if method not in ("protonets", "maml", *NEW_LEARNERS):
+        raise SystemExit(f"Unknown method {method!r}: protonets, maml, {', '.join(NEW_LEARNERS)}.")
     if method == "protonets":
         config = omniglot_protonets.get_config()
         config.num_steps = _PROTO_STEPS.value
@@ -67,9 +102,12 @@ def config_for(method: str, trunk: str):
     else:
         config = omniglot_maml.get_config(_MAML_VARIANTS.value)
         config.num_steps = _MAML_STEPS.value
-        if config.meta.head_init != "learned":  # any number of ways
+        config.meta.update(NEW_LEARNERS.get(method, {}))
+        if methods.head_per_episode(config.meta):  # any number of ways
             config.eval.update(ways=(5, 20), shots=(1, 5))
-        if trunk == "resnet12":
+        else:
+            config.eval.update(shots=(1, 5))
+        if trunk == "resnet12" and method == "maml":
             config.meta.inner_lr = _RESNET12_INNER_LR.value
     config.data.data_dir = _OMNIGLOT.value
     config.data.tfds_dir = os.path.join(_ROOT.value, "tfds")
@@ -80,8 +118,8 @@ def config_for(method: str, trunk: str):
     if trunk == "resnet12":
         config.model.resnet12.channels = tuple(int(c) for c in _CHANNELS.value)
         # MAML's inner loop gives every episode its own weights (vmap): the matmul form.
-        config.model.resnet12.conv = "matmul" if method == "maml" else "xla"
-        if method == "maml":  # 40 episodes of per-episode ResNet-12 weights: ~20 GB on CPU
+        config.model.resnet12.conv = "xla" if method == "protonets" else "matmul"
+        if method != "protonets":  # 40 episodes of per-episode ResNet-12 weights: ~20 GB on CPU
             config.eval.batch = min(config.eval.batch, _MAML_EVAL_BATCH.value)
     return config
 
@@ -93,19 +131,23 @@ def trained(method: str, trunk: str) -> dict:
 
 
 def table(results: dict[str, dict[str, dict]]) -> str:
-    widths = ",".join(_CHANNELS.value)
+    """One row per method and meta-test setting, one column per trunk ('-': not scored)."""
+    trunks = _TRUNKS.value
+    names = [TRUNK_NAMES[t].format(",".join(_CHANNELS.value)) for t in trunks]
     lines = [
-        f"| method | setting | conv4 (64 filters) | ResNet-12 ({widths}) | wall (s) conv4 / "
-        "ResNet-12 |",
-        "| --- | --- | --- | --- | --- |",
+        f"| method | setting | {' | '.join(names)} | wall (s) {' / '.join(trunks)} |",
+        "| --- | --- |" + " --- |" * (len(trunks) + 1),
     ]
     for method, sides in results.items():
-        walls = " / ".join(f"{sides[t]['wall_seconds']:.0f}" for t in TRUNKS)
-        for setting in sides["conv4"]["metrics"]["test"]:
+        walls = " / ".join(f"{sides[t]['wall_seconds']:.0f}" for t in trunks)
+        settings = dict.fromkeys(s for t in trunks for s in sides[t]["metrics"]["test"])
+        for setting in sorted(settings, key=lambda s: tuple(map(int, re.findall(r"\d+", s)))):
             cells = []
-            for trunk in TRUNKS:
-                curve = sides[trunk]["metrics"]["test"][setting]
-                cells.append(f"{100 * curve['mean'][-1]:.1f} +- {100 * curve['ci95'][-1]:.1f}%")
+            for trunk in trunks:
+                curve = sides[trunk]["metrics"]["test"].get(setting)
+                ok = curve is not None
+                cells.append(f"{100 * curve['mean'][-1]:.1f} +- {100 * curve['ci95'][-1]:.1f}%"
+                             if ok else "-")  # fmt: skip
             lines.append(f"| {method} | {setting} | {' | '.join(cells)} | {walls} |")
     return "\n".join(lines)
 
@@ -115,20 +157,16 @@ def main(argv):
     os.makedirs(_ROOT.value, exist_ok=True)
     results = {}
     for method in _METHODS.value:
-        results[method] = {trunk: trained(method, trunk) for trunk in TRUNKS}
+        results[method] = {trunk: trained(method, trunk) for trunk in _TRUNKS.value}
         logging.info("%s:\n%s", method, table({method: results[method]}))
-    budgets = {
-        "protonets": f"ProtoNets {_PROTO_STEPS.value} meta-steps, {_EPISODES.value} meta-test "
-        "episodes",
-        "maml": f"MAML ({_MAML_VARIANTS.value}; inner rate 2.0 conv4, "
-        f"{_RESNET12_INNER_LR.value} ResNet-12) {_MAML_STEPS.value} meta-steps, "
-        f"{_MAML_EPISODES.value} meta-test episodes",
-    }
-    for method, sides in results.items():
-        text = table({method: sides}) + f"\n\nBudgets: {budgets[method]}."
+    blocks = (
+        [(_MARKER.value, results)] if _MARKER.value else [(m, {m: r}) for m, r in results.items()]
+    )
+    for name, chosen in blocks:
+        text = table(chosen) + f"\n\nBudgets: {'; '.join(budget(m) for m in chosen)}."
         print(text)
         if _README.value:
-            write_between(_README.value, *markers(method), text)
+            write_between(_README.value, *markers(name), text)
 
 
 if __name__ == "__main__":

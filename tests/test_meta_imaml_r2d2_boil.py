@@ -184,3 +184,55 @@ def test_lora_inner_loop_adapts_only_the_factors_and_the_head():
         IMamlOptions(imaml_lambda=0.0).check("classification")
     with pytest.raises(ConfigError, match="classification"):
         R2D2Options().check("regression")
+
+
+@pytest.mark.parametrize(
+    "meta",
+    [
+        dict(method="r2d2"),
+        dict(method="imaml", head_init="zero", inner_lr=0.3, inner_steps=2, cg_steps=2),
+        dict(method="maml", adapt="body", inner_lr=0.5),
+        dict(method="maml", head_init="zero", inner_lr=0.5, inner_steps=2),
+    ],
+)
+def test_new_learners_train_step_on_eight_devices_equals_one_device(meta):
+    import optax
+
+    from mtl import parallel
+    from mtl.runs import meta as meta_run
+    from mtl.train.state import TrainState
+
+    meta = dict(ways=3) | meta
+    model, params, state = _mlp_model(methods.num_outputs(meta, "classification"))
+    learner = methods.build(meta, model, params, state)
+    meta_params, state = learner.init(params, state)
+    batch = _episodes(tasks=8)
+    out = []
+    for devices in (1, 8):
+        mesh = parallel.make_mesh({"data": devices})
+        step = jax.jit(meta_run.make_train_step(learner, optax.sgd(0.1), mesh, ways=3,
+                                                metric="accuracy"))  # fmt: skip
+        start = TrainState.create(meta_params, state, optax.sgd(0.1), seed=0, losses=("meta",))
+        new, _ = step(start, parallel.to_global(batch, parallel.batch_sharding(mesh)))
+        out.append(jax.device_get(new.params))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), *out)
+
+
+@pytest.mark.parametrize("head_init", ["learned", "zero"])
+def test_meta_test_curves_on_eight_devices_equal_one_device(head_init):
+    """Each device adapts its own episodes: no gradient may be summed over devices."""
+    from mtl import parallel
+    from mtl.runs import meta_eval
+
+    meta = dict(method="maml", ways=3, head_init=head_init, inner_lr=0.5)
+    model, params, state = _mlp_model(methods.num_outputs(meta, "classification"))
+    learner = methods.build(meta, model, params, state)
+    meta_params, state = learner.init(params, state)
+    batch = _episodes(tasks=8)
+    curves = []
+    for devices in (1, 8):
+        mesh = parallel.make_mesh({"data": devices})
+        curve = meta_eval.make_curve_step(learner, mesh, ways=3, steps=2)
+        sharded = parallel.to_global(batch, parallel.batch_sharding(mesh))
+        curves.append(np.asarray(curve(meta_params, state, sharded)))
+    np.testing.assert_allclose(*curves, atol=1e-6)

@@ -165,9 +165,7 @@ def make_train_step(learner, optimizer, mesh, ways: int, metric: str, shots: int
         n = meta_eval.episode_ways(batch, ways, shots) if shots else ways
         # Each device differentiates its own copy of the (replicated) meta-parameters, so its
         # gradient is that of its share of the episodes; pmean makes the global mean.
-        # (Differentiating the replicated value itself would make JAX psum the gradients.)
         given = model_state
-        meta, model_state = jax.lax.pcast((meta, model_state), "data", to="varying")
         grads, aux = learner.meta_grads(meta, model_state, batch, ways=n, step=step)
         # Averages over devices; state that is not a number to average (a dropout RNG key
         # of a trunk run without dropout) stays as it was given, replicated.
@@ -182,8 +180,15 @@ def make_train_step(learner, optimizer, mesh, ways: int, metric: str, shots: int
         )
         return averaged
 
+    # check_vma=False, as in `meta_eval.make_curve_step`: values made inside an episode (a
+    # zero head, a cast) would otherwise be replicated, and JAX would sum their inner-loop
+    # gradients over devices. The pmean above is the only cross-device reduction.
     sharded = jax.shard_map(
-        local, mesh=mesh, in_specs=(P(), P(), P("data"), P()), out_specs=(P(), P())
+        local,
+        mesh=mesh,
+        in_specs=(P(), P(), P("data"), P()),
+        out_specs=(P(), P()),
+        check_vma=False,
     )
 
     def train_step(state: TrainState, batch: PyTree) -> tuple[TrainState, dict]:

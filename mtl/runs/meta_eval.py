@@ -79,7 +79,12 @@ def make_curve_step(learner, mesh: Mesh, ways: int, steps: int, shots: int = 0) 
         curve = lambda ep: learner.curve(meta, model_state, ep, ways=n, steps=steps)
         return jax.vmap(curve)(batch)
 
-    sharded = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P("data")), out_specs=P("data"))
+    # check_vma=False: each device's inner-loop gradients are its own episodes'. With it on,
+    # JAX transposes the implicit broadcast of the replicated meta-parameters into a psum, so
+    # every device would step with the sum of all devices' inner gradients.
+    sharded = jax.shard_map(
+        local, mesh=mesh, in_specs=(P(), P(), P("data")), out_specs=P("data"), check_vma=False
+    )
     return jax.jit(sharded, out_shardings=parallel.replicated(mesh))
 
 
