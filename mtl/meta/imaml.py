@@ -61,10 +61,7 @@ def implicit_gradient(
 
     # The system is symmetric positive definite where L_support is convex near φ*; tol=0 runs
     # every step (a fixed cost per meta-step, the same under vmap for every episode).
-    # x0 = 0 as `query_grad * 0`, not cg's default zeros_like: under shard_map the start must
-    # carry the same device-varying type as the solution the loop produces.
-    start = jax.tree.map(lambda g: g * 0, query_grad)
-    solution, _ = cg(operator, query_grad, x0=start, tol=0.0, maxiter=cg_steps)
+    solution, _ = cg(operator, query_grad, tol=0.0, maxiter=cg_steps)
     return solution
 
 
