@@ -5,8 +5,11 @@ sentences, per method, ours against the same procedure in PyTorch + transformers
     python -m benchmarks.adapt --methods=probe,finetune --rounds=5 --queries=1000
 
 Both sides start from all-MiniLM-L6-v2 (ours converted with `mtl.convert`), tokenise inside
-the timed call (the same tokenizer, 64 tokens), mean-pool the last hidden states and run the
-same procedure with the same optimizer and steps:
+the timed call (the same tokenizer, at most 64 tokens), mean-pool the last hidden states and
+run the same procedure with the same optimizer and steps. Neither pads to 64: PyTorch pads
+each batch to its longest sentence (`padding=True`); ours cuts each batch to its longest
+sentence rounded up to 16 tokens (one compilation per width) and predicts in length-sorted
+chunks of 256 sentences.
 
 - `probe`: support features once, `--steps` Adam steps on a linear head (the logistic-
   regression probe), then the query features and logits;
@@ -104,8 +107,9 @@ def peer(hf_dir: str, method: str, support, labels, queries, steps: int, setfit_
     y = torch.tensor(labels)
 
     def encode(model, sentences):
+        # padding=True: each batch padded to its longest sentence, the transformers idiom.
         batch = tokenizer(sentences, max_length=MAX_LENGTH, truncation=True,
-                          padding="max_length", return_tensors="pt")  # fmt: skip
+                          padding=True, return_tensors="pt")  # fmt: skip
         hidden = model(**batch).last_hidden_state
         mask = batch["attention_mask"].unsqueeze(-1).float()
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
