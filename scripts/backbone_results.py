@@ -83,7 +83,10 @@ _MARKER = flags.DEFINE_string("marker", "", "One block for all methods (default:
 TRUNK_NAMES = {"conv4": "conv4 (64 filters)", "resnet12": "ResNet-12 ({})"}
 # config.meta of the newer meta-learners, on configs/omniglot_maml.py's episodes.
 NEW_LEARNERS = {
-    "imaml": dict(method="imaml", head_init="zero", inner_lr=0.5, inner_steps=5, cg_steps=5),
+    # 5 inner steps and 5 CG steps cost about ten of MAML's one-step episodes: 8 per batch.
+    "imaml": dict(
+        method="imaml", head_init="zero", inner_lr=0.5, inner_steps=5, cg_steps=5, meta_batch=8
+    ),
     "r2d2": dict(method="r2d2"),
     "boil": dict(method="maml", adapt="body", head_init="learned", inner_lr=0.5),
 }
