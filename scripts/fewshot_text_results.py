@@ -155,8 +155,12 @@ def task_splits(task: str):
 def scores_for(method: str, task: str, checkpoint: str) -> dict[str, list[float]]:
     """`{K: accuracies}` of one method on one held-out task, computed once and kept."""
     path = os.path.join(_ROOT.value, "scores", task, f"{method}.json")
-    wanted = {"ks": _KS.value, "sets": _SETS.value, "test_limit": _TEST_LIMIT.value,
-              "meta_steps": _META_STEPS.value, "adapt_steps": _ADAPT_STEPS.value}  # fmt: skip
+    wanted = {"ks": _KS.value, "sets": _SETS.value, "test_limit": _TEST_LIMIT.value}
+    # Only the steps the method uses: a baseline's scores stand whatever --meta_steps says.
+    if method in BASELINES:
+        wanted["adapt_steps"] = _ADAPT_STEPS.value
+    else:
+        wanted["meta_steps"] = _META_STEPS.value
     if os.path.isfile(path):
         with open(path) as f:
             kept = json.load(f)
@@ -198,11 +202,13 @@ def main(argv):
     checkpoint = _CHECKPOINT.value or converted_package(os.path.join(_ROOT.value, "minilm"))
     results = {m: {t: scores_for(m, t, checkpoint) for t in tasks} for m in _METHODS.value}
     test = "whole test split" if _TEST_LIMIT.value <= 0 else f"{_TEST_LIMIT.value} test sentences"
+    meta_trained = any(m in META_LEARNERS for m in _METHODS.value)
     text = table(results, tasks) + (
-        f"Budgets: {_SETS.value} support sets per task and K, {test}; baselines "
-        f"{_ADAPT_STEPS.value} Adam steps per support set; meta-learners {_META_STEPS.value} "
-        "meta-steps of `configs/senteval_fewshot.py`."
-    )
+        f"\nBudgets: {_SETS.value} support sets per task and K, {test}; baselines "
+        f"{_ADAPT_STEPS.value} Adam steps per support set"
+        + (f"; meta-learners {_META_STEPS.value} meta-steps of `configs/senteval_fewshot.py`."
+           if meta_trained else ".")
+    )  # fmt: skip
     print(text)
     if _README.value:
         write_between(_README.value, BEGIN, END, text)
