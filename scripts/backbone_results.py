@@ -34,31 +34,6 @@ from mtl import entry
 from scripts.finished_runs import timed_summary
 from scripts.readme import write_between
 
-
-def markers(name: str) -> tuple[str, str]:
-    """A method's own block `backbone-results-METHOD` (so one method can be rerun alone), or
-    the `--marker` block."""
-    name = name if _MARKER.value else f"backbone-results-{name}"
-    return f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
-
-
-def budget(method: str) -> str:
-    if method == "protonets":
-        return f"ProtoNets {_PROTO_STEPS.value} meta-steps, {_EPISODES.value} meta-test episodes"
-    options = _MAML_VARIANTS.value + "".join(
-        f", {k}={v}" for k, v in NEW_LEARNERS.get(method, {}).items()
-    )
-    rates = (
-        ""
-        if method in NEW_LEARNERS
-        else f"; inner rate 2.0 conv4, {_RESNET12_INNER_LR.value} ResNet-12"
-    )
-    return (
-        f"{method} ({options}{rates}) {_MAML_STEPS.value} meta-steps, "
-        f"{_MAML_EPISODES.value} meta-test episodes"
-    )
-
-
 _ROOT = flags.DEFINE_string("root", "/tmp/backbones", "Folder for the runs.")
 _OMNIGLOT = flags.DEFINE_string("omniglot_dir", "../shared/data/omniglot", "Omniglot zips.")
 _PROTO_STEPS = flags.DEFINE_integer("protonets_steps", 4000, "ProtoNets meta-steps.")
@@ -92,12 +67,34 @@ NEW_LEARNERS = {
 }
 
 
+def markers(name: str) -> tuple[str, str]:
+    """A method's own block `backbone-results-METHOD` (so one method can be rerun alone), or
+    the `--marker` block."""
+    name = name if _MARKER.value else f"backbone-results-{name}"
+    return f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+
+
+def budget(method: str) -> str:
+    if method == "protonets":
+        return f"ProtoNets {_PROTO_STEPS.value} meta-steps, {_EPISODES.value} meta-test episodes"
+    options = _MAML_VARIANTS.value + "".join(
+        f", {k}={v}" for k, v in NEW_LEARNERS.get(method, {}).items()
+    )
+    rates = (
+        ""
+        if method in NEW_LEARNERS
+        else f"; inner rate 2.0 conv4, {_RESNET12_INNER_LR.value} ResNet-12"
+    )
+    return (
+        f"{method} ({options}{rates}) {_MAML_STEPS.value} meta-steps, "
+        f"{_MAML_EPISODES.value} meta-test episodes"
+    )
+
+
 def config_for(method: str, trunk: str):
     from configs import omniglot_maml, omniglot_protonets
     from mtl.meta import methods
 
-    if method not in ("protonets", "maml", *NEW_LEARNERS):
-        raise SystemExit(f"Unknown method {method!r}: protonets, maml, {', '.join(NEW_LEARNERS)}.")
     if method == "protonets":
         config = omniglot_protonets.get_config()
         config.num_steps = _PROTO_STEPS.value
@@ -148,15 +145,21 @@ def table(results: dict[str, dict[str, dict]]) -> str:
             cells = []
             for trunk in trunks:
                 curve = sides[trunk]["metrics"]["test"].get(setting)
-                ok = curve is not None
-                cells.append(f"{100 * curve['mean'][-1]:.1f} +- {100 * curve['ci95'][-1]:.1f}%"
-                             if ok else "-")  # fmt: skip
+                if curve is None:  # e.g. 20-way for a head meta-learned with 5 outputs
+                    cells.append("-")
+                    continue
+                cells.append(f"{100 * curve['mean'][-1]:.1f} +- {100 * curve['ci95'][-1]:.1f}%")
             lines.append(f"| {method} | {setting} | {' | '.join(cells)} | {walls} |")
     return "\n".join(lines)
 
 
 def main(argv):
     del argv
+    unknown = sorted(set(_METHODS.value) - {"protonets", "maml", *NEW_LEARNERS})
+    if unknown:
+        raise SystemExit(
+            f"Unknown --methods {unknown}: protonets, maml, {', '.join(NEW_LEARNERS)}."
+        )
     os.makedirs(_ROOT.value, exist_ok=True)
     results = {}
     for method in _METHODS.value:

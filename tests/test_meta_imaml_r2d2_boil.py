@@ -96,6 +96,13 @@ def _mlp_model(outputs):
     return mm.build(config, "classification", outputs, (8, 8, 1), seed=0)
 
 
+def _built_learner(meta):
+    """`(learner, meta-parameters, model state)` of `meta` on the small MLP."""
+    model, params, state = _mlp_model(methods.num_outputs(meta, "classification"))
+    learner = methods.build(meta, model, params, state)
+    return (learner, *learner.init(params, state))
+
+
 def _episodes(tasks=8, ways=3, shots=2, queries=3, seed=0):
     """Classes that differ in their mean image: learnable in a few meta-steps."""
     rng = np.random.default_rng(seed)
@@ -121,9 +128,7 @@ def test_new_learners_lower_the_query_loss(meta):
     import optax
 
     meta = dict(ways=3) | meta
-    model, params, state = _mlp_model(methods.num_outputs(meta, "classification"))
-    learner = methods.build(meta, model, params, state)
-    meta_params, state = learner.init(params, state)
+    learner, meta_params, state = _built_learner(meta)
     tx = optax.adam(5e-2)
     opt_state = tx.init(meta_params)
 
@@ -203,9 +208,7 @@ def test_new_learners_train_step_on_eight_devices_equals_one_device(meta):
     from mtl.train.state import TrainState
 
     meta = dict(ways=3) | meta
-    model, params, state = _mlp_model(methods.num_outputs(meta, "classification"))
-    learner = methods.build(meta, model, params, state)
-    meta_params, state = learner.init(params, state)
+    learner, meta_params, state = _built_learner(meta)
     batch = _episodes(tasks=8)
     out = []
     for devices in (1, 8):
@@ -225,9 +228,7 @@ def test_meta_test_curves_on_eight_devices_equal_one_device(head_init):
     from mtl.runs import meta_eval
 
     meta = dict(method="maml", ways=3, head_init=head_init, inner_lr=0.5)
-    model, params, state = _mlp_model(methods.num_outputs(meta, "classification"))
-    learner = methods.build(meta, model, params, state)
-    meta_params, state = learner.init(params, state)
+    learner, meta_params, state = _built_learner(meta)
     batch = _episodes(tasks=8)
     curves = []
     for devices in (1, 8):

@@ -180,8 +180,8 @@ def make_train_step(learner, optimizer, mesh, ways: int, metric: str, shots: int
         )
         return averaged
 
-    # check_vma=False, as in `meta_eval.make_curve_step`: values made inside an episode (a
-    # zero head, a cast) would otherwise be replicated, and JAX would sum their inner-loop
+    # check_vma=False, as in `meta_eval.make_curve_step`: a value made inside an episode (a
+    # zero head) would otherwise count as replicated, and JAX would sum its inner-loop
     # gradients over devices. The pmean above is the only cross-device reduction.
     sharded = jax.shard_map(
         local,
