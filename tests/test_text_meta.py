@@ -70,6 +70,34 @@ def test_text_episodes_are_seeded_one_task_each_and_split_by_task(task_tables, t
         families.load(_data(task_tables, tiny_ckpt) | {"val_tasks": ("omega",)})
 
 
+def test_classes_too_small_for_an_episode_are_left_out_of_their_task(
+    tmp_path, task_tables, tiny_ckpt, caplog
+):
+    # TREC's fine labels: some classes hold fewer questions than shots + queries.
+    rows = [[f"beta {c} {i}", c] for c, n in (("sport", 9), ("food", 9), ("music", 3))
+            for i in range(n)]  # fmt: skip
+    tables = task_tables | {"beta": write_table(str(tmp_path / "b.csv"), ["text", "label"], rows)}
+    family = families.load(_data(tables, tiny_ckpt))
+    beta = family.splits["train"][1][1]
+    music = np.asarray(beta.labels) == family.class_names["train"]["beta"].index("music")
+    music_rows = {tuple(r) for r in beta.inputs["input_ids"][music]}
+    assert len(music_rows) == 3
+    with caplog.at_level("WARNING"):
+        family.check("train", 3, 2, 3)
+        shapes = set()
+        for index in range(12):
+            episodes = family.sample("train", 0, index, batch=2, ways=3, shots=2, queries=3)
+            shapes.add(episodes["support"]["y"].shape[1] // 2)
+            drawn = np.concatenate([episodes[p]["x"]["input_ids"].reshape(-1, 16)
+                                    for p in ("support", "query")])  # fmt: skip
+            assert not {tuple(r) for r in drawn} & music_rows
+    assert shapes == {2}  # beta keeps sport and food; alpha is binary
+    assert sum("1 of its 3 classes have fewer than 5" in r.message for r in caplog.records) == 1
+    family.check("train", 3, 1, 2)  # 3 examples are enough for all of beta's classes
+    with pytest.raises(ConfigError, match="task beta has 0 class.*leave beta out"):
+        family.check("train", 3, 5, 5)
+
+
 def _config(task_tables, tiny_ckpt, **meta_options):
     from configs import senteval_fewshot
 

@@ -17,6 +17,7 @@ for every model that is evaluated with the same seed.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from typing import Any
 
@@ -61,6 +62,21 @@ class ClassDataset:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+
+def classes_with_at_least(data: ClassDataset, count: int) -> ClassDataset:
+    """`data` without the classes that have fewer than `count` examples (the same inputs).
+
+    A task family draws episodes from tasks it did not make (TREC's fine labels hold classes
+    of 4 questions), so a class too small for `shots + queries` is left out of that task's
+    episodes instead of refusing the task."""
+    keep = data.counts >= count
+    if keep.all():
+        return data
+    kept = copy.copy(data)
+    for field in ("index", "counts", "classes"):
+        object.__setattr__(kept, field, getattr(data, field)[keep])
+    return kept
 
 
 def check_episodes(data: ClassDataset, ways: int, shots: int, queries: int) -> None:

@@ -9,7 +9,8 @@ split is the task: meta-training draws episodes from the meta-train tasks and is
 held-out ones (leave-one-task-out, as Leopard and SetFit's few-shot protocol do). A meta-batch
 comes from one task, chosen by `(seed, index)` like the episodes themselves; its episodes are
 N-way K-shot over that task's classes, and a task with fewer than N classes gives episodes of
-all its classes (a binary task 2-way episodes), so `ways` is an upper bound.
+all its classes (a binary task 2-way episodes), so `ways` is an upper bound. A class with
+fewer than `shots + queries` examples is left out of its task's episodes (logged once).
 """
 
 from __future__ import annotations
@@ -19,9 +20,16 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from absl import logging
 
 from mtl.errors import ConfigError
-from mtl.meta.episodes import ClassDataset, Episodes, check_episodes, sample_episodes
+from mtl.meta.episodes import (
+    ClassDataset,
+    Episodes,
+    check_episodes,
+    classes_with_at_least,
+    sample_episodes,
+)
 from mtl.meta.omniglot import SPLITS
 
 _SPLIT_STREAMS = {name: i for i, name in enumerate(SPLITS)}
@@ -35,6 +43,8 @@ class TaskFamily:
     input_shape: Any
     preprocess_fn: Callable[[Any], Any]
     class_names: dict[str, dict[str, tuple[str, ...]]]  # split -> task -> class names
+    # (split, task position, examples needed per class) -> that task without smaller classes
+    _usable: dict = dataclasses.field(default_factory=dict, repr=False)
 
     def tasks(self, split: str) -> tuple[str, ...]:
         return tuple(name for name, _ in self.splits[split])
@@ -50,7 +60,15 @@ class TaskFamily:
         """A `ConfigError` naming the task of `split` that cannot supply these episodes."""
         if not self.splits[split]:
             raise ConfigError(f"No meta-{split} task: list some in data.{split}_tasks.")
-        for _, data in self.splits[split]:
+        for position, (name, full) in enumerate(self.splits[split]):
+            data = self._episode_classes(split, position, shots + queries)
+            if data.num_classes < min(2, full.num_classes) or data.num_classes == 0:
+                raise ConfigError(
+                    f"{shots} shots + {queries} queries per class need {shots + queries} "
+                    f"examples of a class, and task {name} has {data.num_classes} class(es) "
+                    f"with that many (of {full.num_classes}); episodes need 2. Use fewer shots "
+                    f"or queries, or leave {name} out of data.{split}_tasks."
+                )
             check_episodes(data, min(int(ways), data.num_classes), shots, queries)
 
     def sample(
@@ -59,7 +77,7 @@ class TaskFamily:
         tasks = self.splits[split]
         stream = seed * len(SPLITS) + _SPLIT_STREAMS[split]
         chosen = int(np.random.default_rng([stream, index, len(tasks)]).integers(len(tasks)))
-        data = tasks[chosen][1]
+        data = self._episode_classes(split, chosen, shots + queries)
         return sample_episodes(
             data,
             stream * len(tasks) + chosen,
@@ -72,6 +90,20 @@ class TaskFamily:
 
     def preprocess(self, raw: Any) -> Any:
         return self.preprocess_fn(raw)
+
+    def _episode_classes(self, split: str, position: int, need: int) -> ClassDataset:
+        key = (split, position, need)
+        if key not in self._usable:
+            name, full = self.splits[split][position]
+            data = classes_with_at_least(full, need)
+            if data.num_classes < full.num_classes:
+                logging.warning(
+                    "Task %s: %d of its %d classes have fewer than %d examples (shots + "
+                    "queries) and are left out of its episodes.",
+                    name, full.num_classes - data.num_classes, full.num_classes, need,
+                )  # fmt: skip
+            self._usable[key] = data
+        return self._usable[key]
 
 
 def check_meta_splits(
