@@ -33,8 +33,6 @@ from absl import flags, logging
 from mtl import entry
 from scripts.readme import write_between
 
-BEGIN, END = "<!-- fewshot-text:begin -->", "<!-- fewshot-text:end -->"
-
 BASELINES = {
     "probe": dict(method="finetune", finetune_lr=1e-2),
     "prototype": dict(method="protonets"),
@@ -81,6 +79,9 @@ _METHODS = flags.DEFINE_list(
 _META_STEPS = flags.DEFINE_integer("meta_steps", 500, "Meta-training steps.")
 _ADAPT_STEPS = flags.DEFINE_integer("adapt_steps", 20, "The baselines' Adam steps per support set.")
 _README = flags.DEFINE_string("readme", "", "Page to write the table into (between markers).")
+_MARKER = flags.DEFINE_string(
+    "marker", "fewshot-text", "The table goes between <!-- MARKER:begin/end --> lines."
+)
 
 
 def support_indices(labels: np.ndarray, k: int, index: int, task: str) -> np.ndarray:
@@ -202,16 +203,17 @@ def main(argv):
     checkpoint = _CHECKPOINT.value or converted_package(os.path.join(_ROOT.value, "minilm"))
     results = {m: {t: scores_for(m, t, checkpoint) for t in tasks} for m in _METHODS.value}
     test = "whole test split" if _TEST_LIMIT.value <= 0 else f"{_TEST_LIMIT.value} test sentences"
-    meta_trained = any(m in META_LEARNERS for m in _METHODS.value)
-    text = table(results, tasks) + (
-        f"\nBudgets: {_SETS.value} support sets per task and K, {test}; baselines "
-        f"{_ADAPT_STEPS.value} Adam steps per support set"
-        + (f"; meta-learners {_META_STEPS.value} meta-steps of `configs/senteval_fewshot.py`."
-           if meta_trained else ".")
-    )  # fmt: skip
+    budgets = [f"{_SETS.value} support sets per task and K", test]
+    if any(m in BASELINES for m in _METHODS.value):
+        budgets.append(f"baselines {_ADAPT_STEPS.value} Adam steps per support set")
+    if any(m in META_LEARNERS for m in _METHODS.value):
+        budgets.append(f"meta-learners {_META_STEPS.value} meta-steps of "
+                       "`configs/senteval_fewshot.py`")  # fmt: skip
+    text = table(results, tasks) + f"\nBudgets: {'; '.join(budgets)}."
     print(text)
     if _README.value:
-        write_between(_README.value, BEGIN, END, text)
+        marker = _MARKER.value
+        write_between(_README.value, f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->", text)
 
 
 if __name__ == "__main__":
