@@ -77,6 +77,7 @@ _METHODS = flags.DEFINE_list(
     "methods", [*BASELINES, *META_LEARNERS], "Rows, from the baselines and meta-learners."
 )
 _META_STEPS = flags.DEFINE_integer("meta_steps", 500, "Meta-training steps.")
+_META_BATCH = flags.DEFINE_integer("meta_batch", 8, "Meta-training episodes per meta-step.")
 _ADAPT_STEPS = flags.DEFINE_integer("adapt_steps", 20, "The baselines' Adam steps per support set.")
 _README = flags.DEFINE_string("readme", "", "Page to write the table into (between markers).")
 _MARKER = flags.DEFINE_string(
@@ -138,8 +139,10 @@ def learner_for(method: str, task: str, checkpoint: str):
         return meta.pretrained_learner(config), _ADAPT_STEPS.value
     config.meta.update(META_LEARNERS[method])
     config.num_steps = _META_STEPS.value
+    config.meta.meta_batch = _META_BATCH.value
     config.eval.update(episodes=20, val_episodes=20)  # the table scores the test split itself
-    workdir = os.path.join(_ROOT.value, "runs", f"{method}_{task}")
+    budget = f"{_META_STEPS.value}x{_META_BATCH.value}"  # a changed budget trains afresh
+    workdir = os.path.join(_ROOT.value, "runs", f"{method}_{task}_{budget}")
     if not os.path.exists(os.path.join(workdir, "results.json")):
         meta.train(config, workdir)
     return meta.load_learner(workdir), None
@@ -162,6 +165,7 @@ def scores_for(method: str, task: str, checkpoint: str) -> dict[str, list[float]
         wanted["adapt_steps"] = _ADAPT_STEPS.value
     else:
         wanted["meta_steps"] = _META_STEPS.value
+        wanted["meta_batch"] = _META_BATCH.value
     if os.path.isfile(path):
         with open(path) as f:
             kept = json.load(f)
@@ -207,8 +211,8 @@ def main(argv):
     if any(m in BASELINES for m in _METHODS.value):
         budgets.append(f"baselines {_ADAPT_STEPS.value} Adam steps per support set")
     if any(m in META_LEARNERS for m in _METHODS.value):
-        budgets.append(f"meta-learners {_META_STEPS.value} meta-steps of "
-                       "`configs/senteval_fewshot.py`")  # fmt: skip
+        budgets.append(f"meta-learners {_META_STEPS.value} meta-steps of {_META_BATCH.value} "
+                       "episodes, `configs/senteval_fewshot.py`")  # fmt: skip
     text = table(results, tasks) + f"\nBudgets: {'; '.join(budgets)}."
     print(text)
     if _README.value:
