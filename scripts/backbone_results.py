@@ -50,6 +50,9 @@ _CHANNELS = flags.DEFINE_list(
     "resnet12_channels", ["64", "160", "320", "640"], "ResNet-12 stage widths."
 )
 _EPISODES = flags.DEFINE_integer("episodes", 600, "Meta-test episodes per setting.")
+_CHECKPOINT_EVERY = flags.DEFINE_integer(
+    "checkpoint_every", 0, "Save every N meta-steps (0: the config's), so a long run resumes."
+)
 _METHODS = flags.DEFINE_list("methods", ["protonets", "maml"], "Methods to run.")
 _TRUNKS = flags.DEFINE_list("trunks", ["conv4", "resnet12"], "Trunks, one column each.")
 _README = flags.DEFINE_string("readme", "", "Page to write the table into (between markers).")
@@ -114,6 +117,8 @@ def config_for(method: str, trunk: str):
     config.baseline.joint = False
     episodes = _EPISODES.value if method == "protonets" else _MAML_EPISODES.value
     config.eval.update(episodes=episodes, val_every=0)
+    if _CHECKPOINT_EVERY.value > 0:
+        config.checkpoint.every = _CHECKPOINT_EVERY.value
     config.model.trunk = trunk
     if trunk == "resnet12":
         config.model.resnet12.channels = tuple(int(c) for c in _CHANNELS.value)
