@@ -32,7 +32,7 @@ from absl import flags, logging
 
 from mtl import entry
 from scripts.finished_runs import timed_summary
-from scripts.readme import write_between
+from scripts.readme import write_block
 
 _ROOT = flags.DEFINE_string("root", "/tmp/backbones", "Folder for the runs.")
 _OMNIGLOT = flags.DEFINE_string("omniglot_dir", "../shared/data/omniglot", "Omniglot zips.")
@@ -68,13 +68,6 @@ NEW_LEARNERS = {
     "r2d2": dict(method="r2d2"),
     "boil": dict(method="maml", adapt="body", head_init="learned", inner_lr=0.5),
 }
-
-
-def markers(name: str) -> tuple[str, str]:
-    """A method's own block `backbone-results-METHOD` (so one method can be rerun alone), or
-    the `--marker` block."""
-    name = name if _MARKER.value else f"backbone-results-{name}"
-    return f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
 
 
 def budget(method: str) -> str:
@@ -170,14 +163,17 @@ def main(argv):
     for method in _METHODS.value:
         results[method] = {trunk: trained(method, trunk) for trunk in _TRUNKS.value}
         logging.info("%s:\n%s", method, table({method: results[method]}))
+    # A method's own block (so one method can be rerun alone), or the --marker block.
     blocks = (
-        [(_MARKER.value, results)] if _MARKER.value else [(m, {m: r}) for m, r in results.items()]
+        [(_MARKER.value, results)]
+        if _MARKER.value
+        else [(f"backbone-results-{m}", {m: r}) for m, r in results.items()]
     )
     for name, chosen in blocks:
         text = table(chosen) + f"\n\nBudgets: {'; '.join(budget(m) for m in chosen)}."
         print(text)
         if _README.value:
-            write_between(_README.value, *markers(name), text)
+            write_block(_README.value, name, text)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ import numpy as np
 from absl import flags, logging
 
 from mtl import entry
-from scripts.readme import write_between
+from scripts.readme import write_block
 
 BASELINES = {
     "probe": dict(method="finetune", finetune_lr=1e-2),
@@ -216,8 +216,7 @@ def main(argv):
     text = table(results, tasks) + f"\nBudgets: {'; '.join(budgets)}."
     print(text)
     if _README.value:
-        marker = _MARKER.value
-        write_between(_README.value, f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->", text)
+        write_block(_README.value, _MARKER.value, text)
 
 
 if __name__ == "__main__":

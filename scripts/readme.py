@@ -14,3 +14,8 @@ def write_between(path: str, begin: str, end: str, markdown: str) -> None:
     head, rest = text.split(begin, 1)
     _, tail = rest.split(end, 1)
     readme.write_text(f"{head}{begin}\n{markdown}\n{end}{tail}")
+
+
+def write_block(path: str, name: str, markdown: str) -> None:
+    """Writes `markdown` between `<!-- NAME:begin -->` and `<!-- NAME:end -->` in `path`."""
+    write_between(path, f"<!-- {name}:begin -->", f"<!-- {name}:end -->", markdown)

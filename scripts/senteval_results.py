@@ -282,9 +282,7 @@ def main(argv):
     )
     print(markdown)
     if _README.value:
-        marker = _MARKER.value
-        readme.write_between(_README.value, f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->",
-                             markdown)  # fmt: skip
+        readme.write_block(_README.value, _MARKER.value, markdown)
 
 
 if __name__ == "__main__":

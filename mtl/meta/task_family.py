@@ -62,7 +62,7 @@ class TaskFamily:
             raise ConfigError(f"No meta-{split} task: list some in data.{split}_tasks.")
         for position, (name, full) in enumerate(self.splits[split]):
             data = self._episode_classes(split, position, shots + queries)
-            if data.num_classes < min(2, full.num_classes) or data.num_classes == 0:
+            if data.num_classes < min(2, full.num_classes):
                 raise ConfigError(
                     f"{shots} shots + {queries} queries per class need {shots + queries} "
                     f"examples of a class, and task {name} has {data.num_classes} class(es) "
