@@ -18,7 +18,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mtl import distributed, entry
+from mtl import distributed, entry, preemption, workdir_lock
 from mtl.errors import ConfigError, DataError, unknown_field
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).")
@@ -56,7 +56,18 @@ def main(argv: list[str]) -> None:
                 _DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value
             )
         )
-        get_trainer(config.trainer)(config, _WORKDIR.value)
+        # The whole run holds the workdir: training, final evaluation and results files.
+        with workdir_lock.hold(_WORKDIR.value):
+            get_trainer(config.trainer)(config, _WORKDIR.value)
+    except KeyboardInterrupt:
+        # Ctrl-C outside the training steps (while loading data, compiling or evaluating at
+        # the end): the steps' own handler saves and exits 0; here nothing is left to save.
+        print(
+            "Interrupted outside the training steps; the newest checkpoint in the workdir is "
+            "kept and the same command resumes from it.",
+            file=sys.stderr,
+        )
+        sys.exit(preemption.INTERRUPT_EXIT_CODE)
     except (ConfigError, DataError, FloatingPointError) as e:
         # One clear message, no stack trace: these are problems with the input, not bugs.
         logging.error("%s: %s", type(e).__name__, e)

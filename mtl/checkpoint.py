@@ -20,6 +20,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from mtl import workdir_files
 from mtl.errors import CheckpointError, ConfigError
 
 PyTree = Any
@@ -180,7 +181,7 @@ def check_config(workdir: str, config: ml_collections.ConfigDict, keys: tuple[st
     path = epath.Path(workdir) / "config.json"
     if not path.exists():
         return
-    saved = _unused_trunks_dropped(json.loads(path.read_text()))
+    saved = _unused_trunks_dropped(workdir_files.read_json(path, fix=workdir_files.CONFIG_FIX))
     current = _unused_trunks_dropped(_as_dict(config))
     changed = [k for k in keys if saved.get(k) != current.get(k)]
     if changed:
@@ -217,8 +218,7 @@ def record_config(workdir: str, config: ml_collections.ConfigDict) -> None:
     path = epath.Path(workdir) / "config.json"
     if path.exists() or jax.process_index() != 0:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_as_dict(config), indent=2, sort_keys=True))
+    workdir_files.write_json(path, _as_dict(config), sort_keys=True)
 
 
 def _absolute(directory: str) -> str:

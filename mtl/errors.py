@@ -19,6 +19,14 @@ class CheckpointError(DataError):
     """A checkpoint in the workdir cannot be read (damaged files)."""
 
 
+class WorkdirFileError(DataError):
+    """A file a run wrote in its workdir (config.json, results.json, ...) is damaged."""
+
+
+class WorkdirBusyError(ConfigError):
+    """Another run holds the workdir's lock."""
+
+
 def unknown_name(
     kind: str, name: str, known: Iterable[str], field: str | None = None
 ) -> ConfigError:

@@ -1,24 +1,27 @@
 """Faults a long run meets, on real processes and files: each gives one clear message, and
 nothing already saved is lost.
 
-SIGTERM with resume is tested in test_train_loop.py (one process) and test_multiprocess.py
-(two processes); here: SIGKILL in the middle of an async save, a damaged checkpoint, a
-checkpoint of another model, a NaN loss, bad data paths, and a mistyped config field.
+Ctrl-C and SIGTERM with resume are tested in test_train_loop.py (one process) and
+test_multiprocess.py (two processes); here: SIGKILL in the middle of an async save, a second
+Ctrl-C while saving, a damaged checkpoint or workdir file, a checkpoint of another model, a NaN
+loss, bad data paths, and a mistyped config field.
 """
 
 import json
 import pathlib
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 
 from configs import omniglot_mtl
-from mtl import checkpoint
-from mtl.errors import CheckpointError, ConfigError, DataError
+from mtl import checkpoint, preemption, workdir_lock
+from mtl.errors import CheckpointError, ConfigError, DataError, WorkdirFileError
 from mtl.runs import supervised
 from scripts import faults
 
@@ -93,6 +96,40 @@ def test_sigkill_during_async_save_resumes_from_the_last_complete_checkpoint(
         assert first_run[step] == again[step], step
 
 
+def test_second_ctrl_c_while_saving_exits_at_once_and_keeps_the_newest_checkpoint(
+    tmp_path, omniglot_images, omniglot_dir, omniglot_tfds_dir
+):
+    workdir = tmp_path / "interrupted"
+    overrides = {
+        "data.data_dir": omniglot_dir,
+        "data.tfds_dir": omniglot_tfds_dir,
+        "num_steps": 400,
+        "batch_size": 32,
+        "eval_batch_size": 512,
+        "checkpoint.every": 3,
+        "model.trunk": "mlp",  # 1.8M parameters: a save takes a while
+        "model.mlp.hidden": "(1024,1024)",
+    }
+    run = faults.Run(faults.train_command(workdir, overrides))
+    deadline = time.monotonic() + TIMEOUT
+    while not faults.checkpoint_steps(workdir):
+        assert run.proc.poll() is None and time.monotonic() < deadline, run.text[-3000:]
+        time.sleep(0.02)
+    run.proc.send_signal(signal.SIGINT)
+    run.wait_for("Ctrl-C: saving the current step")
+    run.proc.send_signal(signal.SIGINT)
+    assert run.finish(timeout=60) == preemption.INTERRUPT_EXIT_CODE, run.text[-3000:]
+    assert "Second Ctrl-C: exiting now" in run.text and "Traceback" not in run.text
+    assert not (workdir / workdir_lock.LOCK_FILE).exists()  # released on the way out
+    newest = faults.checkpoint_steps(workdir)[-1]
+
+    overrides["num_steps"] = newest + 1
+    code, output = faults.run(faults.train_command(workdir, overrides), timeout=TIMEOUT)
+    assert code == 0, output[-3000:]
+    assert f"Resumed from {workdir / 'checkpoints'} at step {newest}." in output
+    assert not faults.partial_checkpoints(workdir)
+
+
 def _metrics(workdir, last=False) -> dict[int, dict]:
     """Train records of metrics.jsonl by step (the first or the last record of each step)."""
     records = {}
@@ -164,6 +201,48 @@ def _float_leaves(tree):
     import jax
 
     return [a for a in jax.tree_util.tree_leaves(tree) if np.issubdtype(a.dtype, np.floating)]
+
+
+@pytest.mark.parametrize(
+    "name, keep, message",
+    [
+        ("config.json", 300, r"config\.json is damaged or truncated \(it ends in the middle"),
+        ("config.json", 0, r"config\.json is damaged or truncated \(it is empty\)"),
+        ("metrics.jsonl", -5, r"metrics\.jsonl is damaged or truncated \(line \d+ is cut off"),
+    ],
+)
+def test_damaged_workdir_file_names_it_and_the_fix_and_deletes_nothing(
+    workdir, omniglot_dir, omniglot_tfds_dir, name, keep, message
+):
+    path = workdir / name
+    path.write_text(path.read_text()[:keep])  # as a full disk or a killed copy leaves it
+    before = faults.fingerprint(workdir)
+    with pytest.raises(WorkdirFileError, match=message) as error:
+        supervised.train(_config(omniglot_dir, omniglot_tfds_dir), str(workdir))
+    assert "Nothing was deleted." in str(error.value)
+    fix = "Move it away and run the config" if name == "config.json" else "delete that line"
+    assert fix in str(error.value)
+    assert faults.fingerprint(workdir) == before
+
+
+def test_damaged_files_read_from_other_workdirs_are_named(workdir):
+    """A teacher's or learner's config.json, a learner's results.json, a converted
+    checkpoint's model.json: each damaged one is one error naming it."""
+    from mtl.runs import distillation, meta
+    from mtl.transfer import restore
+
+    (workdir / "config.json").write_text('{"model": {"trunk": ')
+    for read in (distillation.load_teacher, meta.load_learner, restore.find_source):
+        with pytest.raises(WorkdirFileError, match=r"config\.json is damaged or truncated"):
+            read(str(workdir), *([None, ()] if read is distillation.load_teacher else []))
+    (workdir / "results.json").write_text('{"selected": {"finetune_lr": 0.0')
+    with pytest.raises(WorkdirFileError, match="Run the same launch.train command again"):
+        meta._selected(str(workdir))
+    converted = workdir / "converted"
+    (converted / restore.PARAMS_DIR).mkdir(parents=True)
+    (converted / restore.MODEL_FILE).write_text("")
+    with pytest.raises(WorkdirFileError, match=r"model\.json is damaged .* Convert the checkpoint"):
+        restore.find_source(str(converted))
 
 
 @pytest.mark.parametrize("kind", ["missing", "empty"])

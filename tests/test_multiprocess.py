@@ -1,8 +1,9 @@
 """Two real processes on 127.0.0.1 (CPU collectives through gloo) form one run.
 
-They train (the multi-task loop, sinusoid MAML, a run streaming image folders), stop on
-SIGTERM or end at the same step, save one Orbax checkpoint together, resume from it, and end
-with the parameters of a single process on a mesh of the same shape.
+They train (the multi-task loop, sinusoid MAML, a run streaming image folders), refuse a third
+process on their workdir, stop on SIGTERM or end at the same step, save one Orbax checkpoint
+together, resume from it, and end with the parameters of a single process on a mesh of the
+same shape.
 """
 
 import json
@@ -55,6 +56,24 @@ def test_two_processes_stop_together_resume_and_match_one_process(
     while _metrics_step(workdir) < 4:
         assert run.proc.poll() is None and time.time() < deadline, run.text[-3000:]
         time.sleep(0.05)
+    # A third process on the workdir (the same command in another terminal) is refused while
+    # both are held still; then they go on.
+    pid_0 = int(run.wait_for(r"\[launch\] process 0: pid (\d+)").group(1))
+    for pid in (pid_0, pid_1):
+        os.kill(pid, signal.SIGSTOP)
+    third = subprocess.run(
+        _flags(workdir, omniglot_dir, omniglot_tfds_dir, **OVERRIDES, num_steps=400),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env={**os.environ, "XLA_FLAGS": ""},
+    )
+    for pid in (pid_0, pid_1):
+        os.kill(pid, signal.SIGCONT)
+    assert third.returncode == 2, third.stderr[-3000:]
+    assert f"in use by another run: process {pid_0} on " in third.stderr
+    assert "(process 0 of 2)" in third.stderr
     # Only process 1 is told (a TPU host under maintenance): process 0 must learn it too.
     os.kill(pid_1, signal.SIGTERM)
     assert run.finish() == 0, run.text[-3000:]

@@ -1,9 +1,12 @@
-"""The multi-task run end to end: launcher output, resume after SIGTERM, errors before compiling."""
+"""The multi-task run end to end: launcher output, the workdir lock, resume after Ctrl-C,
+errors before compiling."""
 
+import dataclasses
 import json
 import os
 import pathlib
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -13,9 +16,10 @@ import numpy as np
 import pytest
 
 from configs import omniglot_mtl
-from mtl import checkpoint
+from mtl import checkpoint, workdir_lock
 from mtl.errors import ConfigError, DataError
 from mtl.runs import supervised
+from scripts import faults
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -66,9 +70,13 @@ def test_launcher_reports_progress_metrics_and_test_results(finished_run):
     assert "Test metrics:" in result.stderr and "Korean" in result.stderr
 
 
-def test_sigterm_saves_and_resume_matches_uninterrupted_run(
+def test_workdir_held_ctrl_c_saves_and_resume_takes_over_a_dead_lock_and_matches(
     finished_run, tmp_path, omniglot_dir, omniglot_tfds_dir
 ):
+    """One run on its workdir: a second one is refused while it runs; Ctrl-C saves the step
+    and exits 0; a lock left by a dead run is taken over; the resumed run ends bit for bit
+    where the uninterrupted one did. (Ctrl-C and SIGTERM share the stop path: SIGTERM on two
+    processes is in test_multiprocess.py.)"""
     reference_dir, _ = finished_run
     workdir = tmp_path / "interrupted"
     args = _flags(workdir, omniglot_dir, omniglot_tfds_dir)
@@ -78,17 +86,32 @@ def test_sigterm_saves_and_resume_matches_uninterrupted_run(
     while not (metrics.exists() and metrics.read_text().count("\n") >= 2):
         assert proc.poll() is None and time.time() < deadline, "run ended before it was stopped"
         time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGSTOP)  # holds still while the second run tries the workdir
+    before = faults.fingerprint(workdir)
+    second = _run(args)
+    assert second.returncode == 2, second.stderr[-3000:]
+    assert f"is in use by another run: process {proc.pid} on " in second.stderr
+    assert "Traceback" not in second.stderr
+    assert faults.fingerprint(workdir) == before  # the first run's files untouched
+
+    proc.send_signal(signal.SIGINT)  # delivered on SIGCONT, as Ctrl-C in its terminal
+    proc.send_signal(signal.SIGCONT)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr[-3000:]
-    assert "Stop requested: saved step" in stderr
+    assert "Ctrl-C: saving the current step" in stderr and "Traceback" not in stderr
     stopped_at = int(stderr.split("Stop requested: saved step ")[1].split()[0])
     assert 10 <= stopped_at < 40
     assert (workdir / "checkpoints" / str(stopped_at)).is_dir()
     assert not (workdir / "results.json").exists()
+    assert not (workdir / workdir_lock.LOCK_FILE).exists()
 
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a run that died holding the lock (SIGKILL) leaves its file
+    dead = workdir_lock.Holder(socket.gethostname(), gone.pid, 0.0, time.time(), "dead")
+    (workdir / workdir_lock.LOCK_FILE).write_text(json.dumps(dataclasses.asdict(dead)))
     resumed = _run(args)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"its process {gone.pid} is gone" in resumed.stderr
     assert f"at step {stopped_at}" in resumed.stderr
     expected = checkpoint.final_state(str(reference_dir))["params"]
     actual = checkpoint.final_state(str(workdir))["params"]

@@ -22,13 +22,12 @@ resumes with the same command. Evaluation reads the student alone.
 
 from __future__ import annotations
 
-import json
 import os
 
 import jax
 import ml_collections
 
-from mtl import checkpoint
+from mtl import checkpoint, workdir_files
 from mtl.data import arrays, text
 from mtl.errors import ConfigError
 from mtl.models.functional import PureModule
@@ -73,8 +72,9 @@ def load_teacher(workdir: str, input_shape, student_tasks, tokenizer_dir: str | 
             f"config.teacher.workdir={workdir!r} has no config.json: point it at the workdir "
             "of a finished run (python -m launch.train ... --workdir=<teacher>)."
         )
-    with open(path) as f:
-        teacher_config = ml_collections.ConfigDict(json.load(f))
+    teacher_config = ml_collections.ConfigDict(
+        workdir_files.read_json(path, fix=workdir_files.CONFIG_FIX)
+    )
     if not {"model", "tasks", "seed"} <= set(teacher_config):
         raise ConfigError(
             f"{path} is not the config of a training run (it lacks model, tasks or seed): point "

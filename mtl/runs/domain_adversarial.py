@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import os
 
 import jax
 import ml_collections
 import numpy as np
 
+from mtl import workdir_files
 from mtl.data import arrays, batches, sources
 from mtl.errors import ConfigError
 from mtl.runs import evaluators, supervised
@@ -142,6 +142,5 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Result:
             "target_test": result["target"][source]["accuracy"],
             "domain_test": results[DOMAIN]["accuracy"],
         }
-        with open(os.path.join(workdir, "dann.json"), "w") as f:
-            json.dump(report, f, indent=2)
+        workdir_files.write_json(os.path.join(workdir, "dann.json"), report)
     return dataclasses.replace(result, metrics=result.metrics | {"test": results})

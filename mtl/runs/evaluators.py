@@ -17,7 +17,7 @@ from absl import logging
 from etils import epath
 from jax.sharding import NamedSharding
 
-from mtl import parallel
+from mtl import parallel, workdir_files
 from mtl.data import arrays, batches, prefetch
 from mtl.registry import Registry
 from mtl.train.experiment import EvalContext, Evaluator
@@ -83,7 +83,7 @@ def report(
         record = {"step": context.step, "test": results}
         if classes:
             record["classes"] = {field: list(names) for field, names in classes.items()}
-        path.write_text(json.dumps(record, indent=2))
+        workdir_files.write_json(path, record)
 
 
 @EVALUATORS.register("dataset")

@@ -16,7 +16,6 @@ joint baseline (a run of its own in `<workdir>/joint`, `mtl.runs.joint_baseline`
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any
 
@@ -29,9 +28,9 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.sharding import PartitionSpec as P
 
-from mtl import checkpoint, optim, parallel
+from mtl import checkpoint, optim, parallel, workdir_files
 from mtl.data import text
-from mtl.errors import ConfigError, DataError
+from mtl.errors import ConfigError
 from mtl.meta import curves, families, methods
 from mtl.meta import model as mm
 from mtl.meta.learner import Learner
@@ -447,8 +446,7 @@ def load_learner(workdir: str, *, step: int | None = None) -> Learner:
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{workdir} has no config.json: is it a launch.train workdir?")
-    with open(path) as f:
-        config = ml_collections.ConfigDict(json.load(f))
+    config = ml_collections.ConfigDict(workdir_files.read_json(path, fix=workdir_files.CONFIG_FIX))
     if config.get("trainer") != "meta":
         raise ConfigError(f"{workdir} holds a {config.get('trainer')!r} run, not a meta-learner.")
     kind, input_shape, preprocess = families.describe(config.data)
@@ -474,14 +472,15 @@ def _selected(workdir: str) -> dict:
     path = os.path.join(workdir, "results.json")
     if not os.path.isfile(path):
         return {}
-    try:
-        with open(path) as f:
-            return json.load(f).get("selected") or {}
-    except json.JSONDecodeError as err:
-        raise DataError(
-            f"{path} is damaged ({err}). Run the same launch.train command again to rewrite "
-            "it (the checkpoints are kept)."
-        ) from None
+    results = workdir_files.read_json(path, fix=RESULTS_FIX)
+    return results.get("selected") or {}
+
+
+# What to do about a damaged results.json: a finished run writes it again at its end.
+RESULTS_FIX = (
+    "Run the same launch.train command again to rewrite it (the run resumes from its newest "
+    "checkpoint and evaluates again)."
+)
 
 
 def load_state(workdir: str) -> dict:

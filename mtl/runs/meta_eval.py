@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import os
 from collections.abc import Callable
 from typing import Any
@@ -22,7 +21,7 @@ from absl import logging
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from mtl import parallel
+from mtl import parallel, workdir_files
 from mtl.logs import MetricsWriter
 from mtl.meta import curves
 
@@ -132,8 +131,7 @@ def report(results: dict, labelled: dict, workdir: str, step: int) -> None:
     writer.write(step, scalars)
     writer.close()
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "results.json"), "w") as f:
-            json.dump(results, f, indent=2)
+        workdir_files.write_json(os.path.join(workdir, "results.json"), results)
         curves.plot_curves(
             labelled,
             os.path.join(workdir, "adaptation.png"),

@@ -21,7 +21,6 @@ bit-identical to how phase 0 left it.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -32,7 +31,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from mtl import optim, parallel
+from mtl import optim, parallel, workdir_files
 from mtl.data import arrays, batches, sources
 from mtl.errors import ConfigError
 from mtl.runs import evaluators, supervised
@@ -220,6 +219,5 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Result:
         "column1_bit_identical": bool(identical),
     }
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "results.json"), "w") as f:
-            json.dump(report, f, indent=2, default=float)
+        workdir_files.write_json(os.path.join(workdir, "results.json"), report)
     return dataclasses.replace(result, metrics={"test": final, "progressive": report})

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import os
 from typing import Any
 
@@ -36,7 +35,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mtl import checkpoint, parallel
+from mtl import checkpoint, parallel, workdir_files
 from mtl.data import arrays, batches
 from mtl.errors import ConfigError
 from mtl.models.functional import PureModule
@@ -198,8 +197,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Result:
     final = _final_metrics(config, data, carried)
     report = {"final": final, "after_phase": per_phase, "phases": phases, "ewc": strength}
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "results.json"), "w") as f:
-            json.dump(report, f, indent=2, default=float)
+        workdir_files.write_json(os.path.join(workdir, "results.json"), report)
     return dataclasses.replace(result, metrics={"test": final, "sequential": report})
 
 

@@ -24,7 +24,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.sharding import Mesh, NamedSharding
 
-from mtl import checkpoint, parallel, preemption, sharding
+from mtl import checkpoint, parallel, preemption, sharding, workdir_files, workdir_lock
 from mtl.data import prefetch
 from mtl.logs import MetricsWriter, Progress
 from mtl.train.experiment import EvalContext, Experiment, Result
@@ -76,12 +76,19 @@ def run(experiment: Experiment, workdir: str) -> Result:
     """Trains (or resumes) `experiment` in `workdir` and runs its final evaluators.
 
     On a stop request every process saves the same step and `Result.stopped` is True (no
-    final evaluation); the caller exits 0 and the same command resumes.
+    final evaluation); the caller exits 0 and the same command resumes. The workdir is held
+    (`mtl.workdir_lock`) for the whole call: a second run on it is refused.
     """
+    with workdir_lock.hold(workdir):
+        return _run_held(experiment, workdir)
+
+
+def _run_held(experiment: Experiment, workdir: str) -> Result:
     started, config = time.perf_counter(), experiment.config
     experiment = experiment.scheduled()
     prefetch.options(config.get("input"))  # a bad field fails before anything compiles
     checkpoint.check_config(workdir, config, experiment.guarded)
+    workdir_files.check_jsonl(os.path.join(workdir, "metrics.jsonl"), fix=METRICS_FIX)
     compiled = compile_experiment(experiment)
     manager = checkpoint.make_manager(
         os.path.join(workdir, "checkpoints"),
@@ -115,6 +122,13 @@ def run(experiment: Experiment, workdir: str) -> Result:
         manager.close()  # a refused or failed restore still ends Orbax's background threads
         if writer is not None:
             writer.close()
+
+
+# What to do about a damaged metrics.jsonl (the run appends to it).
+METRICS_FIX = (
+    "A run killed while writing leaves its last line cut off: delete that line, or move the "
+    "file away, and run the same command again (the checkpoints are kept)."
+)
 
 
 def restore_or_start(
@@ -151,13 +165,14 @@ def train(
     config, source = experiment.config, experiment.batches
     step = int(state.step)
     progress = Progress(config.num_steps, step)
-    preemption.install_sigterm_handler()
     rows = parallel.process_rows(source.batch_size, compiled.data_sharding)
     stream = prefetch.prefetched(
         source, step, config.num_steps, rows, **prefetch.options(config.get("input"))
     )
     start = time.perf_counter()
-    with contextlib.closing(stream):  # a stop ends the prefetch threads or workers too
+    with contextlib.ExitStack() as cleanup:
+        cleanup.enter_context(contextlib.closing(stream))  # a stop ends the prefetch too
+        cleanup.callback(preemption.install_stop_handlers())  # Ctrl-C's own handler after
         while step < config.num_steps:
             batch = parallel.to_global(next(stream), compiled.data_sharding, source.batch_size)
             state, metrics = compiled.train_step(state, batch)

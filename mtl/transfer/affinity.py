@@ -12,7 +12,6 @@ the groups (the paper's network selection, restricted to partitions).
 from __future__ import annotations
 
 import itertools
-import json
 import os
 from collections.abc import Iterator, Sequence
 
@@ -20,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mtl import workdir_files
 from mtl.weighting import base
 
 
@@ -122,7 +122,6 @@ def write_report(
         part, score = suggest_groups(affinity, k)
         groups[str(k)] = {"groups": [[names[i] for i in g] for g in part], "score": score}
     report = {"tasks": list(names), "affinity": affinity.tolist(), "suggested_groups": groups}
-    with open(os.path.join(directory, "affinity.json"), "w") as f:
-        json.dump(report, f, indent=2)
+    workdir_files.write_json(os.path.join(directory, "affinity.json"), report)
     save_heatmap(affinity, names, os.path.join(directory, "affinity.png"))
     return report

@@ -17,7 +17,6 @@ raised before any array is read. Heads are never restored: new tasks get fresh h
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -26,7 +25,7 @@ from typing import Any
 import jax
 from flax import nnx
 
-from mtl import checkpoint
+from mtl import checkpoint, workdir_files
 from mtl.errors import ConfigError, DataError
 from mtl.paths import flatten, unflatten
 
@@ -56,8 +55,10 @@ def find_source(path: str) -> TrunkSource:
     if not os.path.isdir(path):
         raise DataError(f"The checkpoint {path} does not exist (config init.checkpoint).")
     if os.path.isfile(os.path.join(path, MODEL_FILE)):
-        with open(os.path.join(path, MODEL_FILE)) as f:
-            model = json.load(f)
+        model = workdir_files.read_json(
+            os.path.join(path, MODEL_FILE),
+            fix="Convert the checkpoint again (python -m launch.convert --out=...).",
+        )
         state = os.path.join(path, STATE_DIR)
         return TrunkSource(
             os.path.join(path, PARAMS_DIR),
@@ -73,8 +74,7 @@ def find_source(path: str) -> TrunkSource:
         steps = sorted(int(s) for s in os.listdir(steps_dir) if s.isdigit())
         if not steps:
             raise DataError(f"The run {path} has no complete checkpoint in {steps_dir}.")
-        with open(config_path) as f:
-            config = json.load(f)
+        config = workdir_files.read_json(config_path, fix=workdir_files.CONFIG_FIX)
         model, finetune = config["model"], config.get("finetune") or {}
         scale = None
         if finetune.get("strategy") == "lora":
