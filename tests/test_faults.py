@@ -226,8 +226,8 @@ def test_damaged_workdir_file_names_it_and_the_fix_and_deletes_nothing(
 
 
 def test_damaged_files_read_from_other_workdirs_are_named(workdir):
-    """A teacher's or learner's config.json, a learner's results.json, a converted
-    checkpoint's model.json: each damaged one is one error naming it."""
+    """A teacher's or learner's config.json, a learner's results.json and tokenizer, a
+    converted checkpoint's model.json: each damaged one is one error naming it."""
     from mtl.runs import distillation, meta
     from mtl.transfer import restore
 
@@ -243,6 +243,15 @@ def test_damaged_files_read_from_other_workdirs_are_named(workdir):
     (converted / restore.MODEL_FILE).write_text("")
     with pytest.raises(WorkdirFileError, match=r"model\.json is damaged .* Convert the checkpoint"):
         restore.find_source(str(converted))
+    # A text learner's tokenizer (kept in its workdir, or a converted checkpoint's).
+    from mtl.convert import package_dir
+    from mtl.data import text
+
+    tokenizer = workdir / "tokenizer"
+    shutil.copytree(package_dir(), tokenizer)
+    (tokenizer / "tokenizer.json").write_text((tokenizer / "tokenizer.json").read_text()[:999])
+    with pytest.raises(DataError, match=r"The tokenizer in .* cannot be read \(JSONDecodeError"):
+        text.load_tokenizer(str(tokenizer))
 
 
 @pytest.mark.parametrize("kind", ["missing", "empty"])

@@ -56,7 +56,24 @@ def load_tokenizer(directory: str):
     """The Hugging Face tokenizer saved in `directory` (offline: no hub look-up)."""
     from transformers import AutoTokenizer  # heavy import, only for text runs
 
-    return AutoTokenizer.from_pretrained(check_tokenizer_dir(directory), local_files_only=True)
+    directory = check_tokenizer_dir(directory)
+    try:
+        return AutoTokenizer.from_pretrained(directory, local_files_only=True)
+    except Exception as e:  # noqa: BLE001 - JSON, tokenizers and OS errors mean the same here
+        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        present = [
+            f for f in (*TOKENIZER_FILES, *TOKENIZER_SIDE_FILES[:2]) if _exists(directory, f)
+        ]
+        raise DataError(
+            f"The tokenizer in {directory} cannot be read ({type(e).__name__}: {first_line}): "
+            f"one of {', '.join(present)} is damaged or truncated. Copy them again from the "
+            "Hugging Face model directory, or convert it again with `python -m launch.convert`. "
+            "Nothing was deleted."
+        ) from None
+
+
+def _exists(directory: str, name: str) -> bool:
+    return os.path.isfile(os.path.join(directory, name))
 
 
 def default_tokenizer_dir(data_config: Any, default: str | None) -> None:
