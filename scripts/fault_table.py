@@ -329,12 +329,198 @@ def wrong_shape_weight(ctx: Context) -> dict:
     }
 
 
+def _line(output: str, pattern: str) -> str:
+    """The first output line containing `pattern`, without absl's prefix."""
+    for line in output.splitlines():
+        if pattern in line:
+            return re.sub(r"^(\[\d\] )?[IWEF]\d{4} [\d:.]+ +\d+ \S+\] ", r"\1", line).strip()
+    return "(no such line)"
+
+
+def second_run(ctx: Context) -> dict:
+    name = "second_run"
+    args = ctx.args(name, num_steps=400)
+    first = faults.Run(args, ONE_DEVICE)
+    _wait_step(ctx.root / name, 4, first)
+    first.proc.send_signal(signal.SIGSTOP)  # still: its files can be compared before and after
+    before = faults.fingerprint(ctx.root / name)
+    code, out = faults.run(args, env=ONE_DEVICE)
+    same = faults.fingerprint(ctx.root / name) == before
+    first.proc.send_signal(signal.SIGCONT)
+    first.proc.send_signal(signal.SIGTERM)
+    code1 = first.finish()
+    return {
+        "fault": "Second run on a held workdir",
+        "how": "the same command started again while the first run was at step 4",
+        "exit": f"{code} (the first run: {code1})",
+        "sees": _error_line(out),
+        "survived": f"the first run's {len(before)} files "
+        f"{'unchanged by the second' if same else 'CHANGED'}; it went on and saved on SIGTERM",
+    }
+
+
+def third_process(ctx: Context) -> dict:
+    name = "third_process"
+    launcher = [sys.executable, "-m", "launch.local", "--num_processes=2"]
+    launcher += ["--cpu_devices_per_process=1", "--"]
+    run = faults.Run(ctx.args(name, launcher=launcher, num_steps=400), ONE_DEVICE)
+    pids = [int(run.wait_for(rf"\[launch\] process {i}: pid (\d+)").group(1)) for i in (0, 1)]
+    _wait_step(ctx.root / name, 4, run)
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    before = faults.fingerprint(ctx.root / name)
+    code, out = faults.run(ctx.args(name, num_steps=400), env=ONE_DEVICE)
+    same = faults.fingerprint(ctx.root / name) == before
+    for pid in pids:
+        os.kill(pid, signal.SIGCONT)
+    run.proc.send_signal(signal.SIGTERM)
+    code2 = run.finish()
+    return {
+        "fault": "A third process on a 2-process run's workdir",
+        "how": "one `launch.train` process started on the workdir of a 2-process run at step 4",
+        "exit": f"{code} (the 2-process run: {code2})",
+        "sees": _error_line(out),
+        "survived": f"the run's {len(before)} files {'unchanged' if same else 'CHANGED'}; "
+        "both processes went on and saved on SIGTERM",
+    }
+
+
+def stale_lock(ctx: Context) -> dict:
+    name = "stale_lock"
+    args = ctx.args(name, num_steps=200)  # long enough to be killed mid-run
+    run = faults.Run(args, ONE_DEVICE)
+    deadline = time.monotonic() + 600
+    while 10 not in faults.checkpoint_steps(ctx.root / name):
+        if run.proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"no checkpoint 10:\n{run.text[-3000:]}")
+        time.sleep(0.01)
+    run.proc.send_signal(signal.SIGKILL)
+    run.finish()
+    left = (ctx.root / name / "run.lock").exists()
+    code, out = faults.run(args, env=ONE_DEVICE)
+    return {
+        "fault": "Lock left by a killed run",
+        "how": "`kill -KILL` once checkpoint 10 was complete (the lock file stays), then the "
+        "same command",
+        "exit": f"-9, then {code}",
+        "sees": f"`{_line(out, 'Taking over the lock')}`",
+        "survived": f"lock file left: {'yes' if left else 'no'}; taken over; resumed at step "
+        f"{_resumed(out)} and finished {faults.checkpoint_steps(ctx.root / name)[-1]}/200",
+    }
+
+
+def ctrl_c(ctx: Context) -> dict:
+    name = "ctrl_c"
+    args = ctx.args(name)
+    run = faults.Run(args, ONE_DEVICE)
+    _wait_step(ctx.root / name, 4, run)
+    run.proc.send_signal(signal.SIGINT)
+    code = run.finish()
+    saved = _saved_steps(run.text)
+    code2, out2 = faults.run(args, env=ONE_DEVICE)
+    return {
+        "fault": "Ctrl-C",
+        "how": "`kill -INT` (as Ctrl-C in its terminal) after step 4",
+        "exit": f"{code}, then {code2}",
+        "sees": f"`{_line(run.text, 'Ctrl-C:')}`, then `Stop requested: saved step "
+        f"{saved.get(0)} in <workdir>; exiting.`",
+        "survived": f"checkpoint {saved.get(0)}; the same command resumed at step "
+        f"{_resumed(out2)} and finished {faults.checkpoint_steps(ctx.root / name)[-1]}/30",
+    }
+
+
+def ctrl_c_two(ctx: Context) -> dict:
+    name = "ctrl_c_two"
+    launcher = [sys.executable, "-m", "launch.local", "--num_processes=2"]
+    launcher += ["--cpu_devices_per_process=1", "--"]
+    args = ctx.args(name, launcher=launcher, num_steps=400)
+    run = faults.Run(args, ONE_DEVICE)
+    pids = [int(run.wait_for(rf"\[launch\] process {i}: pid (\d+)").group(1)) for i in (0, 1)]
+    _wait_step(ctx.root / name, 4, run)
+    for pid in (run.proc.pid, *pids):  # what Ctrl-C in the terminal does: SIGINT to each
+        os.kill(pid, signal.SIGINT)
+    code = run.finish()
+    saved = _saved_steps(run.text)
+    code2, out2 = faults.run(ctx.args(name, launcher=launcher, num_steps=saved[0] + 4), ONE_DEVICE)
+    return {
+        "fault": "Ctrl-C, 2 processes",
+        "how": "`kill -INT` to the launcher and both processes (as Ctrl-C in their terminal) "
+        "after step 4",
+        "exit": f"{code}, then {code2}",
+        "sees": f"`[0] ... saved step {saved.get(0)}`, `[1] ... saved step {saved.get(1)}`",
+        "survived": f"one checkpoint, step {saved.get(0)}, written by both; resumed at step "
+        f"{_resumed(out2)} on both and finished "
+        f"{faults.checkpoint_steps(ctx.root / name)[-1]}/{saved.get(0, 0) + 4}",
+    }
+
+
+def ctrl_c_twice(ctx: Context) -> dict:
+    name = "ctrl_c_twice"
+    overrides = {"model.trunk": "mlp", "model.mlp.hidden": "(1024,1024)", "checkpoint.every": 3}
+    args = ctx.args(name, **overrides)
+    run = faults.Run(args, ONE_DEVICE)
+    _wait_step(ctx.root / name, 4, run)
+    run.proc.send_signal(signal.SIGINT)
+    run.wait_for("Ctrl-C: saving")
+    run.proc.send_signal(signal.SIGINT)
+    started = time.monotonic()
+    code = run.finish()
+    seconds = time.monotonic() - started
+    complete = faults.checkpoint_steps(ctx.root / name)
+    partial = [p.name for p in faults.partial_checkpoints(ctx.root / name)]
+    code2, out2 = faults.run(args, env=ONE_DEVICE)
+    return {
+        "fault": "Ctrl-C twice",
+        "how": "a second `kill -INT` right after the first one's message (1.8M-parameter MLP)",
+        "exit": f"{code} ({seconds:.1f} s after it), then {code2}",
+        "sees": f"`{_line(run.text, 'Second Ctrl-C')}`",
+        "survived": f"complete checkpoints {complete}"
+        + (f", unfinished {partial} ignored" if partial else "")
+        + f"; resumed at step {_resumed(out2)} and finished "
+        f"{faults.checkpoint_steps(ctx.root / name)[-1]}/30",
+    }
+
+
+def _damaged_file(ctx: Context, name: str, file: str, keep: int, how: str) -> dict:
+    workdir = ctx.finished(name, num_steps=20)
+    path = workdir / file
+    path.write_text(path.read_text()[:keep])
+    before = faults.fingerprint(workdir)
+    code, out = faults.run(ctx.args(name), env=ONE_DEVICE)
+    kept = "all files unchanged" if faults.fingerprint(workdir) == before else "FILES CHANGED"
+    return {
+        "fault": f"Truncated {file}",
+        "how": how,
+        "exit": str(code),
+        "sees": _error_line(out),
+        "survived": f"{kept} ({len(before)} files)",
+    }
+
+
+def truncated_config(ctx: Context) -> dict:
+    how = "the workdir's config.json cut to its first 200 bytes, then the run resumed"
+    return _damaged_file(ctx, "truncated_config", "config.json", 200, how)
+
+
+def truncated_metrics(ctx: Context) -> dict:
+    how = "the last record of metrics.jsonl cut short, then the run resumed"
+    return _damaged_file(ctx, "truncated_metrics", "metrics.jsonl", -20, how)
+
+
 FAULTS: dict[str, Callable[[Context], dict]] = {
     "sigterm": sigterm,
     "sigterm_two_all": sigterm_two_all,
     "sigterm_two_one": sigterm_two_one,
     "sigkill_during_save": sigkill_during_save,
+    "ctrl_c": ctrl_c,
+    "ctrl_c_two": ctrl_c_two,
+    "ctrl_c_twice": ctrl_c_twice,
+    "second_run": second_run,
+    "third_process": third_process,
+    "stale_lock": stale_lock,
     "damaged_checkpoint": damaged_checkpoint,
+    "truncated_config": truncated_config,
+    "truncated_metrics": truncated_metrics,
     "other_model": other_model,
     "corrupt_image": corrupt_image,
     "missing_data": missing_data,
