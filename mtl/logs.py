@@ -10,6 +10,7 @@ from collections.abc import Mapping
 
 import jax
 from absl import logging
+from etils import epath
 
 
 def _duration(seconds: float) -> str:
@@ -20,38 +21,42 @@ def _duration(seconds: float) -> str:
 
 
 class MetricsWriter:
-    """Writes scalars to `workdir/metrics.jsonl` and TensorBoard events (process 0 only)."""
+    """Writes scalars to `workdir/metrics.jsonl` and TensorBoard events (process 0 only).
+
+    The event files are written by TensorBoard's own writer, without TensorFlow (the run
+    paths never import it). A bucket workdir (gs://...) needs `gcsfs` (fsspec) for them.
+    """
 
     def __init__(self, workdir: str):
         self.active = jax.process_index() == 0
-        self._tb = None
         if not self.active:
             return
-        import tensorflow as tf  # TensorFlow writes the event files; already needed by TFDS.
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
-        # tf.io.gfile: the workdir may be a bucket (gs://...) on a TPU pod.
-        tf.io.gfile.makedirs(workdir)
-        self._jsonl = tf.io.gfile.GFile(os.path.join(workdir, "metrics.jsonl"), "a")
-
-        self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+        path = epath.Path(workdir)
+        path.mkdir(parents=True, exist_ok=True)
+        self._jsonl = (path / "metrics.jsonl").open("a")
+        self._events = EventFileWriter(os.path.join(workdir, "tensorboard"))
 
     def write(self, step: int, scalars: Mapping[str, float]) -> None:
         if not self.active:
             return
+        from tensorboard.compat.proto.event_pb2 import Event
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
         record = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
         self._jsonl.write(json.dumps(record) + "\n")
         self._jsonl.flush()
-        import tensorflow as tf
-
-        with self._tb.as_default(step=int(step)):
-            for key, value in scalars.items():
-                tf.summary.scalar(key, float(value))
-        self._tb.flush()
+        values = [Summary.Value(tag=k, simple_value=float(v)) for k, v in scalars.items()]
+        self._events.add_event(
+            Event(wall_time=time.time(), step=int(step), summary=Summary(value=values))
+        )
+        self._events.flush()
 
     def close(self) -> None:
         if self.active:
             self._jsonl.close()
-            self._tb.close()
+            self._events.close()
 
 
 class Progress:

@@ -54,3 +54,16 @@ def doubly_transposed_dots(hlo_text: str) -> int:
     """Dots in compiled HLO that contract lhs dim 0 with rhs dim 1 (both operands transposed):
     the form XLA CPU's library kernels do not take (see mtl/models/dense.py)."""
     return len(re.findall(r"lhs_contracting_dims=\{0\}, rhs_contracting_dims=\{1\}", hlo_text))
+
+
+def without_tensorflow(folder) -> dict[str, str]:
+    """Environment variables under which `import tensorflow` fails in a subprocess (and in the
+    process it restarts into): a package of that name that raises, first on PYTHONPATH."""
+    import os
+    import pathlib
+
+    package = pathlib.Path(folder) / "tensorflow"
+    package.mkdir(parents=True, exist_ok=True)
+    (package / "__init__.py").write_text('raise ImportError("TensorFlow is not installed here")\n')
+    paths = [str(folder), *filter(None, [os.environ.get("PYTHONPATH")])]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}

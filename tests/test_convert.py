@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +17,7 @@ from mtl.convert import bert_from_torch, hf_bert, load_bert, package_dir, resolv
 from mtl.errors import DataError
 from mtl.models.trunks.bert import Bert
 from tests.conftest import REPO, TINY_BERT
+from tests.helpers import without_tensorflow
 
 SENTENCES = [
     "a gripping , funny and ultimately moving film .",
@@ -163,7 +165,8 @@ def test_package_dir_uses_metadata(minilm_dir):
 
 
 def run_convert(*args) -> subprocess.CompletedProcess:
-    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
+    # Without TensorFlow, as on the GPU machine.
+    env = dict(without_tensorflow(tempfile.mkdtemp()), JAX_PLATFORMS="cpu")
     return subprocess.run(
         [sys.executable, "-m", "launch.convert", *args],
         cwd=REPO,

@@ -20,6 +20,7 @@ from mtl import checkpoint, workdir_lock
 from mtl.errors import ConfigError, DataError
 from mtl.runs import supervised
 from scripts import faults
+from tests.helpers import without_tensorflow
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -49,7 +50,9 @@ def _run(args, **kwargs):
 def finished_run(tmp_path_factory, omniglot_images, omniglot_dir, omniglot_tfds_dir):
     """One uninterrupted run of the launcher (the data is already prepared by the fixture)."""
     workdir = tmp_path_factory.mktemp("uninterrupted")
-    result = _run(_flags(workdir, omniglot_dir, omniglot_tfds_dir))
+    # Without TensorFlow, as on the GPU machine: prepared data and TensorBoard need none.
+    env = without_tensorflow(tmp_path_factory.mktemp("no_tf"))
+    result = _run(_flags(workdir, omniglot_dir, omniglot_tfds_dir), env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     return workdir, result
 
@@ -63,7 +66,13 @@ def test_launcher_reports_progress_metrics_and_test_results(finished_run):
     first, last = records[0], [r for r in records if "train/loss/Greek" in r][-1]
     mean_loss = lambda r: np.mean([v for k, v in r.items() if k.startswith("train/loss/")])  # noqa: E731
     assert mean_loss(last) < mean_loss(first)  # the loss drops
-    assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(workdir / "tensorboard"))
+    events.Reload()  # TensorBoard reads back what metrics.jsonl holds
+    logged = [(e.step, e.value) for e in events.Scalars("train/loss/Greek")]
+    expected = [(r["step"], r["train/loss/Greek"]) for r in records if "train/loss/Greek" in r]
+    np.testing.assert_allclose(logged, expected, rtol=1e-6)
     results = json.loads((workdir / "results.json").read_text())
     assert set(results["test"]) == set(omniglot_mtl.ALPHABETS)
     assert results["test"]["Korean"]["count"] == 40 * 5  # 40 characters x 5 test drawers

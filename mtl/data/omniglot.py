@@ -22,6 +22,7 @@ from etils import epath
 from PIL import Image
 
 from mtl.data.omniglot_tfds import NUM_DRAWERS, SPLIT_ZIPS, OmniglotDrawers, find_zips
+from mtl.data.tensorflow_needed import require_tensorflow
 from mtl.errors import ConfigError, DataError, unknown_name
 
 ENV_VAR = "MTL_OMNIGLOT_DIR"
@@ -87,6 +88,8 @@ def load_omniglot(
     cache = builder.data_path / f"mtl_arrays_{'+'.join(splits)}_{image_size}px.npz"
     arrays = _read_cache(cache)
     if arrays is None:
+        what = f"Reading Omniglot from its TFDS files ({cache.name} is not there yet)"
+        require_tensorflow(what, os.fspath(builder.data_dir))
         arrays = _read_splits(builder, splits, image_size)
         _write_cache(cache, arrays)
     log.info(
@@ -248,6 +251,7 @@ def _prepared_builder(
         log.info("Prepared Omniglot at %s lacks %s; preparing again.", builder.data_dir, missing)
         mode = tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS
     config = tfds.download.DownloadConfig(manual_dir=manual_dir, download_mode=mode)
+    require_tensorflow("Preparing Omniglot as a TFDS data set", os.fspath(builder.data_dir))
     builder.download_and_prepare(download_config=config)
     return OmniglotDrawers(data_dir=tfds_dir)  # a fresh instance reads the new split infos
 

@@ -10,6 +10,8 @@ The prepared data lives in the TFDS data directory (`tfds_dir`, TFDS's default w
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 from collections.abc import Sequence
 
@@ -17,12 +19,15 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+from mtl import workdir_files
 from mtl.data.senteval_tfds import TASKS, Senteval, missing_files
+from mtl.data.tensorflow_needed import require_tensorflow
 from mtl.errors import ConfigError, DataError, unknown_name
 
 ENV_VAR = "MTL_SENTEVAL_DIR"
 DATA_DIR_FLAG = "--config.data.data_dir"
 SPLITS = ("train", "dev", "test")
+CACHE_FILE = "mtl_splits.json"  # the splits as read once, beside the TFDS files
 
 Split = tuple[list[str], np.ndarray]  # sentences, int32 labels
 
@@ -81,13 +86,41 @@ def load_senteval(
     builder = Senteval(config=task, data_dir=tfds_dir)
     if not builder.is_prepared():
         config = tfds.download.DownloadConfig(manual_dir=os.fspath(root))
+        require_tensorflow(f"Preparing SentEval {task} as a TFDS data set", str(builder.data_dir))
         builder.download_and_prepare(download_config=config)
+    # The splits as read once through tf.data, cached beside the TFDS files: later runs read
+    # them without TensorFlow. Preparing again replaces the version folder, cache included.
+    cache = builder.data_path / CACHE_FILE
+    cached = _read_cache(cache)
+    if cached is not None:
+        return cached
+    require_tensorflow(f"Reading SentEval {task} from its TFDS files", str(builder.data_dir))
     out = {}
     for split in SPLITS:
         records = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1, shuffle_files=False))
         sentences = [s.decode("utf-8") for s in records["sentence"]]
         out[split] = (sentences, records["label"].astype(np.int32))
+    try:
+        workdir_files.write_json(
+            cache, {s: {"sentences": x, "labels": y.tolist()} for s, (x, y) in out.items()}
+        )
+    except OSError as e:  # a read-only TFDS folder only costs the speed-up
+        logging.warning("Could not cache SentEval %s at %s (%s).", task, cache, e)
     return out
+
+
+def _read_cache(path: epath.Path) -> dict[str, Split] | None:
+    """The cached splits, or None when there is no usable cache (rebuilt by the caller)."""
+    if not path.exists():
+        return None
+    try:
+        cached = json.loads(path.read_text())
+        return {
+            s: (cached[s]["sentences"], np.asarray(cached[s]["labels"], np.int32)) for s in SPLITS
+        }
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        logging.warning("Ignoring the unreadable SentEval cache %s (%s).", path, e)
+        return None
 
 
 def senteval_tasks(

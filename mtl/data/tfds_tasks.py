@@ -108,6 +108,11 @@ def read_split(builder: Any, split: str, keys: dict[str, Any]) -> tuple[dict, in
         return columns, len(source), source
     import tensorflow_datasets as tfds  # tfrecord: read through tf.data once
 
+    from mtl.data.tensorflow_needed import require_tensorflow
+
+    what = f"Reading {builder.name} (prepared as tfrecord; array_record needs no TensorFlow)"
+    require_tensorflow(what, str(builder.data_dir))
+
     dataset = tfds.as_numpy(builder.as_dataset(split, decoders=skip, shuffle_files=False))
     columns = {k: [] for k in [*wanted, keys["image"]] if k}
     for record in dataset:
