@@ -33,6 +33,9 @@ def make_manager(directory: str, *, every: int, keep: int) -> ocp.CheckpointMana
         save_interval_steps=every,
         enable_async_checkpointing=True,
         create=True,
+        # A step folder left half written by a killed run (SIGKILL, a second Ctrl-C) is removed
+        # when the next run opens the manager; the workdir lock makes that run the only writer.
+        cleanup_tmp_directories=True,
     )
     # The handler is named so that a fresh manager can read a checkpoint's metadata (array
     # shapes) before restoring: that is how a different model is caught and listed.
