@@ -20,13 +20,15 @@ parameters), PyTorch under `torch.autocast`.
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
+import tempfile
 import time
 
 from absl import flags
 
-from benchmarks import precision
+from benchmarks import precision, torch_device
 from mtl import allocator, entry
 
 _BATCH = flags.DEFINE_integer("batch_size", 32, "Sentences per step.")
@@ -36,13 +38,41 @@ _STEPS = flags.DEFINE_integer("steps", 3, "Steps per side per round.")
 _DROPOUT = flags.DEFINE_float("dropout", 0.1, "Hidden and attention dropout on both sides.")
 _THREADS = flags.DEFINE_integer("torch_threads", 0, "PyTorch threads (0: all CPU cores).")
 _PROFILE = flags.DEFINE_bool("profile", False, "Then print where both steps spend their time.")
+_MODEL = flags.DEFINE_enum(
+    "model", "minilm", ["minilm", "base"], "all-MiniLM-L6-v2, or BERT-base-sized random weights."
+)
+_PEAK = flags.DEFINE_float(
+    "peak_tflops", 0.0, "The device's peak bfloat16 TFLOP/s, for model FLOPs utilisation."
+)
 # Tests import several of these scripts into one process, and their flags share names
 # (root, steps...): let a later definition replace an earlier one instead of failing.
-for _holder in (_BATCH, _SEQ, _ROUNDS, _STEPS, _DROPOUT, _THREADS, _PROFILE):
+for _holder in (_BATCH, _SEQ, _ROUNDS, _STEPS, _DROPOUT, _THREADS, _PROFILE, _MODEL, _PEAK):
     flags.FLAGS[_holder.name].allow_override = True
 
 NUM_CLASSES = 2
 LR = 5e-5
+MODELS = {"minilm": "all-MiniLM-L6-v2", "base": "BERT-base-sized (random weights)"}
+
+
+def base_sized_dir(folder: str) -> str:
+    """A BERT-base-sized encoder (768 wide, 12 layers; transformers' default BertConfig) with
+    random weights, saved as a Hugging Face directory in `folder`: nothing is downloaded."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    BertModel(BertConfig()).save_pretrained(folder)
+    return folder
+
+
+def model_flops_per_token(hf_dir: str, seq: int) -> float:
+    """Training FLOPs per token: 6 x the non-embedding parameters plus attention's
+    12 x layers x hidden x sequence length (the PaLM paper's count)."""
+    with open(os.path.join(hf_dir, "config.json")) as f:
+        config = json.load(f)
+    hidden, layers = config["hidden_size"], config["num_hidden_layers"]
+    per_layer = 4 * hidden * hidden + 2 * hidden * config["intermediate_size"]
+    return 6 * layers * per_layer + 12 * layers * hidden * seq
 
 
 def make_batch(batch: int, seq: int, vocab: int, seed: int = 0):
@@ -58,8 +88,9 @@ def make_batch(batch: int, seq: int, vocab: int, seed: int = 0):
 
 
 def ours(hf_dir: str, inputs, labels, dropout: float, dtype: str = "float32"):
-    """`(run, hlo_text)`: `run(n)` takes n of our compiled fine-tuning steps on the converted
-    weights; `hlo_text` is the compiled step's HLO."""
+    """`(run, hlo_text, compile_s)`: `run(n)` takes n of our compiled fine-tuning steps on the
+    converted weights; `hlo_text` is the compiled step's HLO; `compile_s` the seconds lowering
+    and compiling it took."""
     import jax
     import numpy as np
     from flax import nnx
@@ -93,7 +124,9 @@ def ours(hf_dir: str, inputs, labels, dropout: float, dtype: str = "float32"):
         "masks": {"task": jax.device_put(np.ones(len(labels), bool))},
     }
     state = jax.jit(steps.init)()
+    started = time.perf_counter()
     step = jax.jit(steps.train_step, donate_argnums=0).lower(state, batch).compile()
+    compile_s = time.perf_counter() - started
 
     def run(n: int):
         nonlocal state
@@ -101,7 +134,7 @@ def ours(hf_dir: str, inputs, labels, dropout: float, dtype: str = "float32"):
             state, metrics = step(state, batch)
         jax.block_until_ready((state, metrics))
 
-    return run, step.as_text()
+    return run, step.as_text(), compile_s
 
 
 def peer(hf_dir: str, inputs, labels, dropout: float, dtype: str = "float32"):
@@ -116,11 +149,13 @@ def peer(hf_dir: str, inputs, labels, dropout: float, dtype: str = "float32"):
         add_pooling_layer=False,
     )
     model.train()
-    head = torch.nn.Linear(model.config.hidden_size, NUM_CLASSES)
+    device = torch_device.device()
+    model.to(device)
+    head = torch.nn.Linear(model.config.hidden_size, NUM_CLASSES).to(device)
     params = list(model.parameters()) + list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=LR, weight_decay=0.0)
-    batch = {k: torch.tensor(v, dtype=torch.long) for k, v in inputs.items()}
-    target = torch.tensor(labels, dtype=torch.long)
+    batch = torch_device.put({k: torch.tensor(v, dtype=torch.long) for k, v in inputs.items()})
+    target = torch_device.put(torch.tensor(labels, dtype=torch.long))
     mask = batch["attention_mask"].unsqueeze(-1).float()
 
     def run(n: int):
@@ -133,6 +168,7 @@ def peer(hf_dir: str, inputs, labels, dropout: float, dtype: str = "float32"):
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
+        torch_device.synchronize()
 
     return run
 
@@ -146,13 +182,15 @@ def main(argv):
     from mtl.convert import package_dir
 
     torch.set_num_threads(_THREADS.value or os.cpu_count())
-    hf_dir = package_dir()
+    hf_dir = package_dir() if _MODEL.value == "minilm" else base_sized_dir(tempfile.mkdtemp())
     inputs, labels = make_batch(_BATCH.value, _SEQ.value, vocab=30522)
     tokens = _BATCH.value * _SEQ.value
-    sides, hlo_texts = {}, {}
+    sides, hlo_texts, compile_s = {}, {}, {}
     for dtype in precision.PRECISION.value:
         name = f"ours {dtype}"
-        sides[name], hlo_texts[name] = ours(hf_dir, inputs, labels, _DROPOUT.value, dtype)
+        sides[name], hlo_texts[name], compile_s[name] = ours(
+            hf_dir, inputs, labels, _DROPOUT.value, dtype
+        )
         sides[f"PyTorch {dtype}"] = peer(hf_dir, inputs, labels, _DROPOUT.value, dtype)
     for run in sides.values():  # compile / warm up
         run(2)
@@ -163,16 +201,24 @@ def main(argv):
             run(_STEPS.value)
             times[name].append((time.perf_counter() - start) / _STEPS.value)
     print(
-        f"Fine-tuning step, all-MiniLM-L6-v2 + linear head, batch {_BATCH.value} x "
+        f"Fine-tuning step, {MODELS[_MODEL.value]} + linear head, batch {_BATCH.value} x "
         f"{_SEQ.value} tokens, dropout {_DROPOUT.value}, AdamW; {os.cpu_count()} CPU cores; "
-        f"jax {jax.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"jax {jax.__version__} on {jax.devices()[0].platform}, torch {torch.__version__} on "
+        f"{torch_device.device()} ({torch.get_num_threads()} threads), "
         f"transformers {transformers.__version__}; median of {_ROUNDS.value} rounds x "
         f"{_STEPS.value} steps; malloc: {allocator.current_allocator()}."
     )
     medians = {name: statistics.median(ts) for name, ts in times.items()}
+    flops = model_flops_per_token(hf_dir, _SEQ.value) * tokens
     for name, median in medians.items():
         spread = ", ".join(f"{t:.2f}" for t in times[name])
-        print(f"  {name:<16s} {median:7.3f} s/step  {tokens / median:9.0f} tokens/s  ({spread})")
+        used = flops / median / 1e12
+        mfu = f", MFU {100 * used / _PEAK.value:.1f}%" if _PEAK.value else ""
+        compiled = f", compile {compile_s[name]:.1f} s" if name in compile_s else ""
+        print(
+            f"  {name:<16s} {median:7.3f} s/step  {tokens / median:9.0f} tokens/s  "
+            f"{used:7.2f} model TFLOP/s{mfu}{compiled}  ({spread})"
+        )
     for dtype in precision.PRECISION.value:
         ratio = medians[f"PyTorch {dtype}"] / medians[f"ours {dtype}"]
         print(f"  ratio {dtype} (ours tokens/s / PyTorch tokens/s): {ratio:.2f}")

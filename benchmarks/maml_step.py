@@ -32,7 +32,7 @@ import optax
 import torch
 from absl import flags
 
-from benchmarks import precision, xla_ops
+from benchmarks import precision, torch_device, xla_ops
 from mtl import allocator, entry, parallel
 from mtl.meta import maml
 from mtl.meta import model as mm
@@ -154,7 +154,7 @@ def torch_episodes(episodes: dict) -> dict:
         x = torch.from_numpy(np.array(part["x"])).permute(0, 1, 4, 2, 3).contiguous()
         return {"x": x, "y": torch.from_numpy(np.array(part["y"])).long()}
 
-    return {k: conv(v) for k, v in episodes.items()}
+    return torch_device.put({k: conv(v) for k, v in episodes.items()})
 
 
 def torch_func_meta_loss(model: TorchConv4, data: dict, inner_lr: float) -> torch.Tensor:
@@ -180,7 +180,7 @@ def torch_func_meta_loss(model: TorchConv4, data: dict, inner_lr: float) -> torc
 
 def torch_func_step(episodes: dict):
     """A meta-step with `torch.func`: per-task inner gradient, one meta-backward."""
-    model = TorchConv4()
+    model = TorchConv4().to(torch_device.device())
     opt = torch.optim.Adam(model.parameters(), lr=META_LR)
     data = torch_episodes(episodes)
 
@@ -188,6 +188,7 @@ def torch_func_step(episodes: dict):
         opt.zero_grad()
         torch_func_meta_loss(model, data, INNER_LR).backward()
         opt.step()
+        torch_device.synchronize()
 
     return run
 
@@ -208,7 +209,7 @@ def higher_meta_backward(model: TorchConv4, data: dict, inner_lr: float) -> None
 
 def higher_step(episodes: dict):
     """A meta-step with `higher`."""
-    model = TorchConv4()
+    model = TorchConv4().to(torch_device.device())
     opt = torch.optim.Adam(model.parameters(), lr=META_LR)
     data = torch_episodes(episodes)
 
@@ -216,6 +217,7 @@ def higher_step(episodes: dict):
         opt.zero_grad()
         higher_meta_backward(model, data, INNER_LR)
         opt.step()
+        torch_device.synchronize()
 
     return run
 
@@ -248,8 +250,8 @@ def main(argv):
         f"Second-order MAML meta-step: conv4 {FILTERS} filters, {SIZE}x{SIZE}, {WAYS}-way "
         f"{SHOTS}-shot, {QUERIES} queries/class, meta-batch {META_BATCH}, 1 inner step; "
         f"medians of {_ROUNDS.value} rounds x {_STEPS.value} steps; jax {jax.__version__}, "
-        f"torch {torch.__version__} ({torch.get_num_threads()} threads); malloc: "
-        f"{allocator.current_allocator()}"
+        f"torch {torch.__version__} on {torch_device.device()} "
+        f"({torch.get_num_threads()} threads); malloc: {allocator.current_allocator()}"
     )
     print("| implementation | s / step | compile s |\n| --- | --- | --- |")
     for name, t in med.items():

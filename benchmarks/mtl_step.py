@@ -34,7 +34,7 @@ import scipy.optimize
 import torch
 from absl import flags
 
-from benchmarks import precision, xla_ops
+from benchmarks import precision, torch_device, xla_ops
 from mtl import allocator, entry
 from mtl.models import build_model, default_config
 from mtl.runs.supervised_step import make_steps
@@ -88,7 +88,8 @@ def make_batch(num_tasks: int, batch: int, seed: int = 0, grouped: bool = False)
 
 
 def ours(name: str, options: dict, batch: dict, num_tasks: int, dtype: str = "float32"):
-    """`(run, hlo_text)`: `run(n)` times n of our compiled train steps (seconds per step)."""
+    """`(run, hlo_text, compile_s)`: `run(n)` times n of our compiled train steps (seconds per
+    step); `compile_s` is the seconds lowering and compiling the step took."""
     tasks = tasks_from_config(
         {f"t{t}": dict(head="classification", num_outputs=_CLASSES) for t in range(num_tasks)}
     )
@@ -106,7 +107,9 @@ def ours(name: str, options: dict, batch: dict, num_tasks: int, dtype: str = "fl
     )
     state = jax.jit(steps.init)()
     batch = jax.device_put(batch)
+    started = time.perf_counter()
     train_step = jax.jit(steps.train_step, donate_argnums=0).lower(state, batch).compile()
+    compile_s = time.perf_counter() - started
     state, metrics = train_step(state, batch)
     jax.block_until_ready(metrics)
 
@@ -118,7 +121,7 @@ def ours(name: str, options: dict, batch: dict, num_tasks: int, dtype: str = "fl
         jax.block_until_ready(metrics)
         return (time.perf_counter() - start) / n
 
-    return run, train_step.as_text()
+    return run, train_step.as_text(), compile_s
 
 
 # --- the PyTorch peer ------------------------------------------------------------------------
@@ -166,7 +169,7 @@ def _min_norm(k: np.ndarray, iters: int = 250) -> np.ndarray:
 
 
 def _cagrad(grads: torch.Tensor, calpha=0.5) -> torch.Tensor:  # LibMTL CAGrad.backward
-    gg = (grads @ grads.t()).float().numpy().astype(np.float64)
+    gg = (grads @ grads.t()).float().cpu().numpy().astype(np.float64)
     num = len(gg)
     b = np.ones(num) / num
     c = calpha * np.sqrt(gg.mean() + 1e-8) + 1e-8
@@ -176,14 +179,14 @@ def _cagrad(grads: torch.Tensor, calpha=0.5) -> torch.Tensor:  # LibMTL CAGrad.b
         bounds=[(0, 1)] * num,
         constraints={"type": "eq", "fun": lambda x: 1 - sum(x)},
     )
-    gw = (grads * torch.tensor(res.x, dtype=grads.dtype)[:, None]).sum(0)
+    gw = (grads * torch.tensor(res.x, dtype=grads.dtype, device=grads.device)[:, None]).sum(0)
     return (grads.mean(0) + c / (gw.norm() + 1e-8) * gw) / (1 + calpha**2)
 
 
 def _nash(grads: torch.Tensor) -> torch.Tensor:
     """Nash-MTL's weights (K alpha = 1/alpha); the official cvxpy solve is replaced by scipy's
     L-BFGS-B on the same convex potential (cvxpy is not installed here)."""
-    k = (grads @ grads.t()).float().numpy().astype(np.float64)
+    k = (grads @ grads.t()).float().cpu().numpy().astype(np.float64)
     k = k / np.linalg.norm(k)
     alpha = scipy.optimize.minimize(
         lambda a: 0.5 * a @ k @ a - np.sum(np.log(a)),
@@ -192,7 +195,7 @@ def _nash(grads: torch.Tensor) -> torch.Tensor:
         bounds=[(1e-9, None)] * len(k),
         method="L-BFGS-B",
     ).x
-    return (torch.tensor(alpha, dtype=grads.dtype)[:, None] * grads).sum(0)
+    return (torch.tensor(alpha, dtype=grads.dtype, device=grads.device)[:, None] * grads).sum(0)
 
 
 def _aligned(grads: torch.Tensor) -> torch.Tensor:  # LibMTL Aligned_MTL.backward
@@ -211,15 +214,16 @@ SOLVES = {"pcgrad": _pcgrad, "cagrad": _cagrad, "nash_mtl": _nash, "aligned_mtl"
 
 def peer(method: str, batch: dict, num_tasks: int):
     torch.manual_seed(0)
-    trunk = TorchConv4(_FILTERS.value)
+    trunk = TorchConv4(_FILTERS.value).to(torch_device.device())
     heads = torch.nn.ModuleList(
         [torch.nn.Linear(_FILTERS.value, _CLASSES) for _ in range(num_tasks)]
-    )
+    ).to(torch_device.device())
     shared = list(trunk.parameters())
     opt = torch.optim.Adam(list(shared) + list(heads.parameters()), lr=1e-3)
     x = torch.from_numpy(np.ascontiguousarray(batch["inputs"].transpose(0, 3, 1, 2)))
     ys = [torch.from_numpy(batch["labels"][f"t{t}"]).long() for t in range(num_tasks)]
     ms = [torch.from_numpy(batch["masks"][f"t{t}"]) for t in range(num_tasks)]
+    x, ys, ms = torch_device.put((x, ys, ms))
 
     per_task = _LAYOUT.value == "per_task"
     xs = [x[m] for m in ms]
@@ -262,8 +266,8 @@ def peer(method: str, batch: dict, num_tasks: int):
                 for r in reps:
                     r.grad = None
             zg = torch.stack(zg)
-            w = _min_norm((zg @ zg.t()).float().numpy().astype(np.float64))
-            combined = (torch.tensor(w, dtype=zg.dtype)[:, None] * zg).sum(0)
+            w = _min_norm((zg @ zg.t()).float().cpu().numpy().astype(np.float64))
+            combined = (torch.tensor(w, dtype=zg.dtype, device=zg.device)[:, None] * zg).sum(0)
             pieces = combined.split([z.numel() for z in zs])
             torch.autograd.backward(
                 zs, [p.reshape(z.shape) for p, z in zip(pieces, zs, strict=True)]
@@ -284,11 +288,13 @@ def peer(method: str, batch: dict, num_tasks: int):
         opt.step()
 
     step()  # warm-up
+    torch_device.synchronize()
 
     def run(n: int) -> float:
         start = time.perf_counter()
         for _ in range(n):
             step()
+        torch_device.synchronize()
         return (time.perf_counter() - start) / n
 
     return run
@@ -316,9 +322,9 @@ def table(dtype: str) -> None:
     """Times every method in `dtype` and prints the table."""
     num_tasks = _TASKS.value
     batch = make_batch(num_tasks, _BATCH.value, grouped=_LAYOUT.value == "per_task")
-    runners, hlo_texts = [], {}
+    runners, hlo_texts, compile_s = [], {}, {}
     for label, name, options, peer_method in METHODS:
-        run_ours, hlo_texts[label] = ours(name, options, batch, num_tasks, dtype)
+        run_ours, hlo_texts[label], compile_s[label] = ours(name, options, batch, num_tasks, dtype)
         run_peer = peer(peer_method, batch, num_tasks) if peer_method else None
         runners.append((label, run_ours, _autocast(run_peer, dtype)))
     times = {label: ([], []) for label, _, _ in runners}
@@ -336,19 +342,23 @@ def table(dtype: str) -> None:
         f"{num_tasks} tasks, conv4 ({_FILTERS.value} filters, ours conv={_CONV.value}), "
         f"batch {_BATCH.value}, layout {_LAYOUT.value}, precision {dtype}, "
         f"{_ROUNDS.value} rounds x {_STEPS.value} steps, medians; torch threads "
-        f"{torch.get_num_threads()}, jax devices {jax.device_count()}, "
+        f"{torch.get_num_threads()} on {torch_device.device()}, jax devices "
+        f"{jax.device_count()} ({jax.devices()[0].platform}), "
         f"malloc {allocator.current_allocator()}"
     )
     print(
         "| method | ours (ms) | ours / our equal | PyTorch (ms) | PyTorch / its equal "
-        "| PyTorch / ours |"
+        "| PyTorch / ours | our compile (s) |"
     )
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for label, (o, p) in med.items():
         peer_cells = (
             f"{1e3 * p:.1f} | {p / peer_eq:.2f} | {p / o:.2f}" if p is not None else "- | - | -"
         )
-        print(f"| {label} | {1e3 * o:.1f} | {o / ours_eq:.2f} | {peer_cells} |")
+        print(
+            f"| {label} | {1e3 * o:.1f} | {o / ours_eq:.2f} | {peer_cells} "
+            f"| {compile_s[label]:.1f} |"
+        )
     for label, run_ours, _ in runners:
         if label in _PROFILE.value:
             report = xla_ops.report(run_ours, _STEPS.value, hlo_text=hlo_texts[label])
