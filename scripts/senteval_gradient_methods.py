@@ -31,7 +31,7 @@ from absl import flags, logging
 
 from mtl import entry
 from mtl.compare import delta_m
-from mtl.weighting import TaskObjective, get_weighting
+from mtl.weighting import TaskObjective, get_weighting, initial_state
 from scripts import readme
 
 _ROOT = flags.DEFINE_string("root", "/tmp/senteval_grad", "Feature cache and results.")
@@ -218,7 +218,7 @@ def _trainer(method: str, tasks: tuple[str, ...], steps: int, batch: int):
 
     @jax.jit
     def train(params, xs, ys, key):
-        carry = (params, tx.init(params), weighting.init(len(tasks)))
+        carry = (params, tx.init(params), initial_state(weighting, len(tasks), params["trunk"]))
         keys = jax.random.split(key, steps)
         (params, _, _), losses = jax.lax.scan(lambda c, k: step(c, k, xs, ys), carry, keys)
         return params, losses

@@ -323,7 +323,7 @@ METHODS = {
     f"{name}-{wrt}": (name, wrt)
     for name in ("pcgrad", "mgda", "cagrad", "nash_mtl", "aligned_mtl")
     for wrt in ("shared", "representation")
-}
+} | {f"{name}-shared": (name, "shared") for name in ("upgrad", "imtl_g", "fairgrad")}
 
 
 @pytest.mark.parametrize("key", METHODS)
@@ -348,7 +348,7 @@ def test_eight_devices_match_one_device(key):
 
 # One route per method keeps this fast; both routes are checked against references above.
 SHORT = ("pcgrad-shared", "mgda-representation", "cagrad-shared", "nash_mtl-representation",
-         "aligned_mtl-shared")  # fmt: skip
+         "aligned_mtl-shared", "upgrad-shared", "imtl_g-shared", "fairgrad-shared")  # fmt: skip
 
 
 @pytest.mark.parametrize("key", SHORT)
@@ -383,7 +383,9 @@ def _dot_count(num_tasks: int, method) -> int:
     return str(jaxpr(params)).count("dot_general")
 
 
-@pytest.mark.parametrize("name", ["pcgrad", "mgda", "cagrad", "nash_mtl", "aligned_mtl"])
+@pytest.mark.parametrize(
+    "name", ["pcgrad", "mgda", "cagrad", "nash_mtl", "aligned_mtl", "upgrad", "imtl_g", "fairgrad"]
+)
 def test_per_task_gradients_are_one_vectorised_pass(name):
     """The program does not grow with the number of tasks: no Python loop of backward passes."""
     assert _dot_count(2, get_weighting(name)) == _dot_count(7, get_weighting(name))

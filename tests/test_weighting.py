@@ -13,6 +13,7 @@ from mtl.errors import ConfigError
 from mtl.weighting import (
     WEIGHTINGS,
     base,
+    db_mtl,
     default_config,
     dwa,
     equal,
@@ -20,6 +21,7 @@ from mtl.weighting import (
     get_weighting,
     gradnorm,
     rlw,
+    stch,
     uncertainty,
 )
 
@@ -360,6 +362,8 @@ METHODS = {
     "gradnorm-shared": lambda: gradnorm(),
     "gradnorm-representation": lambda: gradnorm(wrt="representation"),
     "famo": lambda: famo(),
+    "stch": lambda: stch(warmup=5, window=5),
+    "db_mtl": lambda: db_mtl(),
 }
 
 
@@ -384,7 +388,7 @@ def test_jit_with_named_shardings_matches_eager(name):
     params, data = make_problem()
     opt = optax.sgd(0.1)
     train_step = make_train_step(method, opt)
-    args = (params, opt.init(params), method.init(3), data, RNG)
+    args = (params, opt.init(params), base.initial_state(method, 3, params["shared"]), data, RNG)
     eager = train_step(*args)
 
     mesh = Mesh(np.array(jax.devices()[:8]), ("data",))
@@ -402,7 +406,7 @@ def test_short_optimisation_lowers_the_total_loss(name):
     params, data = make_problem()
     opt = optax.adam(0.02)
     train_step = jax.jit(make_train_step(method, opt))
-    opt_state, state = opt.init(params), method.init(3)
+    opt_state, state = opt.init(params), base.initial_state(method, 3, params["shared"])
     start = float(jnp.sum(total_losses(params, data)))
     for rng in jax.random.split(RNG, 60):
         params, opt_state, state, update = train_step(params, opt_state, state, data, rng)
@@ -435,7 +439,9 @@ def test_default_config_round_trip():
     assert set(config.keys()) == {"name", *WEIGHTINGS}
     assert config.gradnorm.to_dict() == {"alpha": 1.5, "lr": 0.025, "wrt": "shared"}
     for name in WEIGHTINGS:
-        assert isinstance(get_weighting(name, config.get(name)), base.Weighting)
+        method = get_weighting(name, config.get(name))
+        assert isinstance(method, base.Weighting)
+        base.initial_state(method, 3, make_problem()[0]["shared"])
     # As `--config.weighting.name=dwa --config.weighting.dwa.temperature=3` would do.
     config.update_from_flattened_dict({"name": "dwa", "dwa.temperature": 3, "dwa.window": 2})
     method = get_weighting(config.name, config.get(config.name))

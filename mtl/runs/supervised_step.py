@@ -21,7 +21,7 @@ from mtl.models.functional import PureModule
 from mtl.models.multitask import MultiTaskModel
 from mtl.tasks import Task
 from mtl.train.state import TrainState
-from mtl.weighting.base import TaskObjective, Weighting
+from mtl.weighting.base import TaskObjective, Weighting, initial_state
 
 PyTree = Any
 
@@ -144,7 +144,7 @@ def make_steps(
             optimizer,
             seed=seed,
             losses=[t.name for t in tasks],
-            method_state=weighting.init(len(tasks)),
+            method_state=initial_state(weighting, len(tasks), trunk_params),
         )
 
     objective = make_objective(trunk, heads, tasks, task_loss, per_task_batch)

@@ -72,7 +72,6 @@ def with_ewc(weighting, anchor: PyTree, fisher: PyTree, strength: float):
     gradient, so EWC composes with every method of `mtl.weighting` in a multi-task run whose
     trunk was trained on earlier tasks (`anchor`, `fisher`: pytrees like the trunk params).
     """
-    from mtl.weighting.base import Weighting
 
     def update(objective, state, rng):
         out, state = weighting.update(objective, state, rng)
@@ -80,4 +79,4 @@ def with_ewc(weighting, anchor: PyTree, fisher: PyTree, strength: float):
         shared = jax.tree.map(lambda g, p: g + p.astype(g.dtype), out.shared_grads, penalty)
         return out._replace(shared_grads=shared), state
 
-    return Weighting(weighting.init, update, weighting.after_update)
+    return weighting._replace(update=update)

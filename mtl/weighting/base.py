@@ -86,11 +86,23 @@ class Weighting(NamedTuple):
       after_update: optional `(state, losses_after) -> state`, called by the train step with the
         per-task losses of the same batch at the updated parameters (FAMO needs them). The train
         step pays that extra forward pass only when this is set.
+      init_for_shared: optional `(num_tasks, shared) -> state`, used instead of `init` by
+        `initial_state` for methods whose state is shaped like the shared parameters (DB-MTL's
+        running per-task gradients).
     """
 
     init: Callable[[int], PyTree]
     update: Callable[[TaskObjective, PyTree, jax.Array], tuple[Update, PyTree]]
     after_update: Callable[[PyTree, jax.Array], PyTree] | None = None
+    init_for_shared: Callable[[int, PyTree], PyTree] | None = None
+
+
+def initial_state(method: Weighting, num_tasks: int, shared: PyTree) -> PyTree:
+    """The method's state before the first step; `shared` are the shared parameters (only their
+    shapes and dtypes are read). Train steps call this rather than `method.init`."""
+    if method.init_for_shared is not None:
+        return method.init_for_shared(num_tasks, shared)
+    return method.init(num_tasks)
 
 
 def forward(objective: TaskObjective) -> tuple[jax.Array, Any, Any]:
@@ -113,6 +125,26 @@ def weighted_update(objective: TaskObjective, weights: jax.Array) -> Update:
         total, argnums=(0, 1), has_aux=True
     )(objective.shared, objective.task_specific)
     return Update(g_shared, g_task, losses, weights, rep_aux, task_aux)
+
+
+def loss_dependent_update(
+    objective: TaskObjective, weights_of: Callable[[jax.Array], jax.Array]
+) -> Update:
+    """One forward pass, `weights = weights_of(losses)` (treated as constant), then one backward
+    pass through `sum_t weights[t] * loss_t`: for weightings that read this step's losses
+    (FAMO, STCH) at the cost of a single gradient."""
+
+    def losses_fn(shared, task_specific):
+        z, rep_aux = objective.representation(shared)
+        losses, task_aux = objective.task_losses(task_specific, z)
+        return losses, (rep_aux, task_aux)
+
+    losses, pullback, (rep_aux, task_aux) = jax.vjp(
+        losses_fn, objective.shared, objective.task_specific, has_aux=True
+    )
+    weights = jax.lax.stop_gradient(weights_of(jax.lax.stop_gradient(losses)))
+    shared_grads, task_grads = pullback(weights.astype(losses.dtype))
+    return Update(shared_grads, task_grads, losses, weights, rep_aux, task_aux)
 
 
 def per_task_shared_grads(objective: TaskObjective) -> tuple[PyTree, PyTree, Update]:

@@ -49,24 +49,16 @@ def famo(lr: float = 0.025, gamma: float = 0.01, min_loss: float = 0.0) -> base.
         objective: base.TaskObjective, state: FAMOState, rng: jax.Array
     ) -> tuple[base.Update, FAMOState]:
         del rng
-
-        def losses_fn(shared, task_specific):
-            z, rep_aux = objective.representation(shared)
-            losses, task_aux = objective.task_losses(task_specific, z)
-            return losses, (rep_aux, task_aux)
-
         # The weights depend on this step's losses: one forward pass, then one backward pass
         # with the weights as the cotangent of the losses.
-        losses, pullback, (rep_aux, task_aux) = jax.vjp(
-            losses_fn, objective.shared, objective.task_specific, has_aux=True
-        )
-        prev_losses = jax.lax.stop_gradient(losses).astype(jnp.float32)
-        d = prev_losses - min_loss + EPS
         z = jax.nn.softmax(state.logits)
-        c = jnp.sum(z / d)
-        weights = z / (c * d)  # d/dL of sum(log(D) * z / c)
-        shared_grads, task_grads = pullback(weights.astype(losses.dtype))
-        update = base.Update(shared_grads, task_grads, losses, weights, rep_aux, task_aux)
+
+        def weights_of(losses):
+            d = losses.astype(jnp.float32) - min_loss + EPS
+            return z / (jnp.sum(z / d) * d)  # d/dL of sum(log(D) * z / c), c = sum(z / D)
+
+        update = base.loss_dependent_update(objective, weights_of)
+        prev_losses = jax.lax.stop_gradient(update.losses).astype(jnp.float32)
         return update, state._replace(prev_losses=prev_losses)
 
     def after_update(state: FAMOState, losses_after: jax.Array) -> FAMOState:
