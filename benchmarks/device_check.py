@@ -89,7 +89,14 @@ def steps(cpu: bool, peak: float = 0.0) -> list[Step]:
             ),
             Step(
                 "mtl_step (mixed)",
-                ["benchmarks.mtl_step", *small, "--filters=8", "--num_tasks=2", "--batch_size=8"],
+                [
+                    "benchmarks.mtl_step",
+                    *small,
+                    "--filters=8",
+                    "--num_tasks=2",
+                    "--batch_size=8",
+                    "--methods=pcgrad",
+                ],
                 90,
             ),
         ]

@@ -32,7 +32,7 @@ import numpy as np
 import optax
 import scipy.optimize
 import torch
-from absl import flags
+from absl import app, flags
 
 from benchmarks import precision, torch_device, xla_ops
 from mtl import allocator, entry
@@ -51,9 +51,12 @@ _LAYOUT = flags.DEFINE_enum(
     "layout", "mixed", ["mixed", "per_task"], "Batch layout (both sides): see the docstring."
 )
 _PROFILE = flags.DEFINE_list("profile", [], "Methods whose step to profile after timing.")
+_METHODS = flags.DEFINE_list(
+    "methods", [], "Labels of the methods to time (default: all); `equal` is always timed."
+)
 # Tests import several of these scripts into one process, and their flags share names
 # (root, steps...): let a later definition replace an earlier one instead of failing.
-for _holder in (_ROUNDS, _STEPS, _BATCH, _FILTERS, _TASKS, _CONV, _LAYOUT, _PROFILE):
+for _holder in (_ROUNDS, _STEPS, _BATCH, _FILTERS, _TASKS, _CONV, _LAYOUT, _PROFILE, _METHODS):
     flags.FLAGS[_holder.name].allow_override = True
 _CLASSES = 20
 
@@ -65,6 +68,9 @@ METHODS = [
     ("cagrad", "cagrad", {}, "cagrad"),
     ("nash_mtl", "nash_mtl", {}, "nash_mtl"),
     ("aligned_mtl", "aligned_mtl", {}, "aligned_mtl"),
+    ("imtl_g", "imtl_g", {}, None),
+    ("upgrad", "upgrad", {}, None),
+    ("fairgrad", "fairgrad", {}, None),
     ("pcgrad (wrt=representation)", "pcgrad", {"wrt": "representation"}, None),
 ]
 
@@ -323,7 +329,12 @@ def table(dtype: str) -> None:
     num_tasks = _TASKS.value
     batch = make_batch(num_tasks, _BATCH.value, grouped=_LAYOUT.value == "per_task")
     runners, hlo_texts, compile_s = [], {}, {}
-    for label, name, options, peer_method in METHODS:
+    unknown = set(_METHODS.value) - {m[0] for m in METHODS}
+    if unknown:
+        known = [m[0] for m in METHODS]
+        raise app.UsageError(f"--methods: unknown {sorted(unknown)}; known: {known}")
+    chosen = [m for m in METHODS if not _METHODS.value or m[0] in {"equal", *_METHODS.value}]
+    for label, name, options, peer_method in chosen:
         run_ours, hlo_texts[label], compile_s[label] = ours(name, options, batch, num_tasks, dtype)
         run_peer = peer(peer_method, batch, num_tasks) if peer_method else None
         runners.append((label, run_ours, _autocast(run_peer, dtype)))
