@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mtl.errors import ConfigError
 from mtl.weighting import base, gradients
 
-STEP_SIZES = 0.5 ** jnp.arange(20.0)  # the line search tries these Newton step fractions
+# The line search tries these fractions of the Newton step. NumPy, not jnp: a JAX array made at
+# import would start the backend before a multi-process run can call jax.distributed.initialize.
+STEP_SIZES = 0.5 ** np.arange(20.0)
 
 
 def fairgrad_weights(k: jax.Array, alpha: float, iters: int = 30) -> jax.Array:
@@ -36,7 +39,7 @@ def fairgrad_weights(k: jax.Array, alpha: float, iters: int = 30) -> jax.Array:
         grad = kn @ w - w ** (-1.0 / alpha)
         hess = kn + jnp.diag(w ** (-1.0 / alpha - 1.0) / alpha)
         step = jnp.linalg.solve(hess, grad)
-        trials = w[None, :] - STEP_SIZES[:, None] * step[None, :]
+        trials = w[None, :] - jnp.asarray(STEP_SIZES, w.dtype)[:, None] * step[None, :]
         feasible = jnp.all(trials > 0, axis=1)
         safe = jnp.where(feasible[:, None], trials, 1.0)  # keep log and powers finite
         values = jnp.where(feasible, jax.vmap(f)(safe), jnp.inf)
