@@ -8,7 +8,9 @@ pass only reaches its own rows). Ours: the engine's jitted `train_step` (mtl/run
 with each method from `mtl.weighting`; per-task gradients come from one `vmap` over a `vjp`.
 The peer: the same model in PyTorch, with the per-task gradients taken as LibMTL does (one
 `backward(retain_graph=True)` per task, shared gradients read and zeroed after each), the
-method's solve in torch / numpy / scipy as LibMTL writes it, then `optimizer.step()`.
+method's solve in torch / numpy / scipy as LibMTL writes it, then `optimizer.step()`. A second
+peer where TorchJD has the method: its `mtl_backward` (the Jacobian of the losses with respect
+to the shared parameters, by `torch.vmap`) and `jac_to_grad` with the matching aggregator.
 
 Rounds alternate between ours and the peer for every method, so both see the same machine
 load; the medians over rounds are printed, then the ratios.
@@ -26,6 +28,8 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -60,18 +64,19 @@ for _holder in (_ROUNDS, _STEPS, _BATCH, _FILTERS, _TASKS, _CONV, _LAYOUT, _PROF
     flags.FLAGS[_holder.name].allow_override = True
 _CLASSES = 20
 
-# (label, our weighting name, its options, the peer's method)
+# (label, our weighting name, its options, the LibMTL-style peer's method, TorchJD's aggregator).
+# TorchJD's CAGrad and Nash-MTL need cvxpy, which the test extras do not install.
 METHODS = [
-    ("equal", "equal", {}, "equal"),
-    ("pcgrad", "pcgrad", {}, "pcgrad"),
-    ("mgda-ub", "mgda", {"wrt": "representation"}, "mgda_ub"),
-    ("cagrad", "cagrad", {}, "cagrad"),
-    ("nash_mtl", "nash_mtl", {}, "nash_mtl"),
-    ("aligned_mtl", "aligned_mtl", {}, "aligned_mtl"),
-    ("imtl_g", "imtl_g", {}, None),
-    ("upgrad", "upgrad", {}, None),
-    ("fairgrad", "fairgrad", {}, None),
-    ("pcgrad (wrt=representation)", "pcgrad", {"wrt": "representation"}, None),
+    ("equal", "equal", {}, "equal", None),
+    ("pcgrad", "pcgrad", {}, "pcgrad", "PCGrad"),
+    ("mgda-ub", "mgda", {"wrt": "representation"}, "mgda_ub", None),
+    ("cagrad", "cagrad", {}, "cagrad", None),
+    ("nash_mtl", "nash_mtl", {}, "nash_mtl", None),
+    ("aligned_mtl", "aligned_mtl", {}, "aligned_mtl", "AlignedMTL"),
+    ("imtl_g", "imtl_g", {}, None, "IMTLG"),
+    ("upgrad", "upgrad", {}, None, "UPGrad"),
+    ("fairgrad", "fairgrad", {}, None, "FairGrad"),
+    ("pcgrad (wrt=representation)", "pcgrad", {"wrt": "representation"}, None, None),
 ]
 
 
@@ -218,7 +223,16 @@ def _aligned(grads: torch.Tensor) -> torch.Tensor:  # LibMTL Aligned_MTL.backwar
 SOLVES = {"pcgrad": _pcgrad, "cagrad": _cagrad, "nash_mtl": _nash, "aligned_mtl": _aligned}
 
 
-def peer(method: str, batch: dict, num_tasks: int):
+class TorchSetup(NamedTuple):
+    shared: list  # the trunk's parameters
+    heads: torch.nn.ModuleList
+    opt: torch.optim.Optimizer
+    representations: Callable[[], list]  # the trunk's features: one tensor, or one per task
+    losses_of: Callable[[list], list]  # features -> one loss per task
+
+
+def torch_setup(batch: dict, num_tasks: int) -> TorchSetup:
+    """The benchmark's model, batch and Adam in PyTorch, shared by both peers."""
     torch.manual_seed(0)
     trunk = TorchConv4(_FILTERS.value).to(torch_device.device())
     heads = torch.nn.ModuleList(
@@ -248,6 +262,58 @@ def peer(method: str, batch: dict, num_tasks: int):
             torch.nn.functional.cross_entropy(heads[t](zs[0][ms[t]]), ys[t][ms[t]])
             for t in range(num_tasks)
         ]
+
+    return TorchSetup(shared, heads, opt, representations, losses_of)
+
+
+def _timer(step: Callable[[], None]) -> Callable[[int], float]:
+    """`run(n) -> seconds per step` after one warm-up step."""
+    step()
+    torch_device.synchronize()
+
+    def run(n: int) -> float:
+        start = time.perf_counter()
+        for _ in range(n):
+            step()
+        torch_device.synchronize()
+        return (time.perf_counter() - start) / n
+
+    return run
+
+
+def torchjd_peer(aggregator: str, batch: dict, num_tasks: int):
+    """TorchJD's multi-task step: `mtl_backward` (the Jacobian of the losses with respect to the
+    shared parameters, heads their own gradients), then `jac_to_grad` with the aggregator."""
+    from torchjd import aggregation
+    from torchjd.autojac import jac_to_grad, mtl_backward
+
+    aggregate = {
+        "PCGrad": aggregation.PCGrad,
+        "AlignedMTL": aggregation.AlignedMTL,
+        "IMTLG": aggregation.IMTLG,
+        "UPGrad": aggregation.UPGrad,
+        "FairGrad": lambda: aggregation.FairGrad(alpha=1.0),
+    }[aggregator]()
+    setup = torch_setup(batch, num_tasks)
+
+    def step():
+        setup.opt.zero_grad()
+        features = setup.representations()
+        losses = setup.losses_of(features)
+        mtl_backward(
+            losses,
+            features=features,
+            tasks_params=[list(head.parameters()) for head in setup.heads],
+            shared_params=setup.shared,
+        )
+        jac_to_grad(setup.shared, aggregate)
+        setup.opt.step()
+
+    return _timer(step)
+
+
+def peer(method: str, batch: dict, num_tasks: int):
+    shared, _, opt, representations, losses_of = torch_setup(batch, num_tasks)
 
     def step():
         opt.zero_grad()
@@ -293,17 +359,7 @@ def peer(method: str, batch: dict, num_tasks: int):
                 offset += p.numel()
         opt.step()
 
-    step()  # warm-up
-    torch_device.synchronize()
-
-    def run(n: int) -> float:
-        start = time.perf_counter()
-        for _ in range(n):
-            step()
-        torch_device.synchronize()
-        return (time.perf_counter() - start) / n
-
-    return run
+    return _timer(step)
 
 
 def main(argv):
@@ -334,21 +390,19 @@ def table(dtype: str) -> None:
         known = [m[0] for m in METHODS]
         raise app.UsageError(f"--methods: unknown {sorted(unknown)}; known: {known}")
     chosen = [m for m in METHODS if not _METHODS.value or m[0] in {"equal", *_METHODS.value}]
-    for label, name, options, peer_method in chosen:
+    for label, name, options, peer_method, aggregator in chosen:
         run_ours, hlo_texts[label], compile_s[label] = ours(name, options, batch, num_tasks, dtype)
         run_peer = peer(peer_method, batch, num_tasks) if peer_method else None
-        runners.append((label, run_ours, _autocast(run_peer, dtype)))
-    times = {label: ([], []) for label, _, _ in runners}
+        run_jd = torchjd_peer(aggregator, batch, num_tasks) if aggregator else None
+        runners.append((label, run_ours, _autocast(run_peer, dtype), _autocast(run_jd, dtype)))
+    times = {label: ([], [], []) for label, *_ in runners}
     for _ in range(_ROUNDS.value):
-        for label, run_ours, run_peer in runners:
-            times[label][0].append(run_ours(_STEPS.value))
-            if run_peer is not None:
-                times[label][1].append(run_peer(_STEPS.value))
-    med = {
-        k: (statistics.median(a), statistics.median(b) if b else None)
-        for k, (a, b) in times.items()
-    }
-    ours_eq, peer_eq = med["equal"]
+        for label, *runs in runners:
+            for timed, run in zip(times[label], runs, strict=True):
+                if run is not None:
+                    timed.append(run(_STEPS.value))
+    med = {k: [statistics.median(t) if t else None for t in ts] for k, ts in times.items()}
+    ours_eq, peer_eq, _ = med["equal"]
     print(
         f"{num_tasks} tasks, conv4 ({_FILTERS.value} filters, ours conv={_CONV.value}), "
         f"batch {_BATCH.value}, layout {_LAYOUT.value}, precision {dtype}, "
@@ -359,18 +413,19 @@ def table(dtype: str) -> None:
     )
     print(
         "| method | ours (ms) | ours / our equal | PyTorch (ms) | PyTorch / its equal "
-        "| PyTorch / ours | our compile (s) |"
+        "| PyTorch / ours | TorchJD (ms) | TorchJD / ours | our compile (s) |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for label, (o, p) in med.items():
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for label, (o, p, jd) in med.items():
         peer_cells = (
             f"{1e3 * p:.1f} | {p / peer_eq:.2f} | {p / o:.2f}" if p is not None else "- | - | -"
         )
+        jd_cells = f"{1e3 * jd:.1f} | {jd / o:.2f}" if jd is not None else "- | -"
         print(
-            f"| {label} | {1e3 * o:.1f} | {o / ours_eq:.2f} | {peer_cells} "
+            f"| {label} | {1e3 * o:.1f} | {o / ours_eq:.2f} | {peer_cells} | {jd_cells} "
             f"| {compile_s[label]:.1f} |"
         )
-    for label, run_ours, _ in runners:
+    for label, run_ours, *_ in runners:
         if label in _PROFILE.value:
             report = xla_ops.report(run_ours, _STEPS.value, hlo_text=hlo_texts[label])
             print(f"\nours, {label}:\n{report}")
