@@ -25,9 +25,7 @@ from absl import flags
 from mtl import entry
 from mtl.errors import DataError
 
-_SENTEVAL = flags.DEFINE_string("senteval_dir", "../shared/data/senteval", "SentEval folders.")
-_TFDS = flags.DEFINE_string("tfds_dir", None, "TFDS data directory (default: TFDS's).")
-_OUT = flags.DEFINE_string("out", "/tmp/trec", "Folder for train.csv, dev.csv and test.csv.")
+FLAGS = flags.FLAGS
 
 
 def joined_rows(
@@ -61,16 +59,22 @@ def main(argv: list[str]) -> None:
     from mtl.data.senteval import load_senteval
     from mtl.data.senteval_tfds import TASKS
 
-    coarse = load_senteval("trec_coarse", _SENTEVAL.value, _TFDS.value)
-    fine = load_senteval("trec_fine", _SENTEVAL.value, _TFDS.value)
-    os.makedirs(_OUT.value, exist_ok=True)
+    senteval_dir, tfds_dir, out = FLAGS.senteval_dir, FLAGS.tfds_dir, FLAGS.out
+    coarse = load_senteval("trec_coarse", senteval_dir, tfds_dir)
+    fine = load_senteval("trec_fine", senteval_dir, tfds_dir)
+    os.makedirs(out, exist_ok=True)
     for split in coarse:
         rows = joined_rows(
             coarse[split], fine[split], TASKS["trec_coarse"].labels, TASKS["trec_fine"].labels
         )
-        write_table(os.path.join(_OUT.value, f"{split}.csv"), rows)
-        print(f"{split}: {len(rows)} questions -> {_OUT.value}/{split}.csv")
+        write_table(os.path.join(out, f"{split}.csv"), rows)
+        print(f"{split}: {len(rows)} questions -> {out}/{split}.csv")
 
 
 if __name__ == "__main__":
+    # Defined here, not at import: the tests import this module beside other scripts that
+    # define flags of the same names.
+    flags.DEFINE_string("senteval_dir", "../shared/data/senteval", "SentEval folders.")
+    flags.DEFINE_string("tfds_dir", None, "TFDS data directory (default: TFDS's).")
+    flags.DEFINE_string("out", "/tmp/trec", "Folder for train.csv, dev.csv and test.csv.")
     entry.run(main, tcmalloc=False)
