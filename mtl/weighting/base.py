@@ -127,21 +127,25 @@ def weighted_update(objective: TaskObjective, weights: jax.Array) -> Update:
     return Update(g_shared, g_task, losses, weights, rep_aux, task_aux)
 
 
-def loss_dependent_update(
-    objective: TaskObjective, weights_of: Callable[[jax.Array], jax.Array]
-) -> Update:
-    """One forward pass, `weights = weights_of(losses)` (treated as constant), then one backward
-    pass through `sum_t weights[t] * loss_t`: for weightings that read this step's losses
-    (FAMO, STCH) at the cost of a single gradient."""
+def _losses_and_pullback(objective: TaskObjective):
+    """One forward pass: `(losses, pullback, (rep_aux, task_aux))`, where `pullback(cotangent)`
+    gives the gradients of `cotangent . losses` for the shared and task-specific parameters."""
 
     def losses_fn(shared, task_specific):
         z, rep_aux = objective.representation(shared)
         losses, task_aux = objective.task_losses(task_specific, z)
         return losses, (rep_aux, task_aux)
 
-    losses, pullback, (rep_aux, task_aux) = jax.vjp(
-        losses_fn, objective.shared, objective.task_specific, has_aux=True
-    )
+    return jax.vjp(losses_fn, objective.shared, objective.task_specific, has_aux=True)
+
+
+def loss_dependent_update(
+    objective: TaskObjective, weights_of: Callable[[jax.Array], jax.Array]
+) -> Update:
+    """One forward pass, `weights = weights_of(losses)` (treated as constant), then one backward
+    pass through `sum_t weights[t] * loss_t`: for weightings that read this step's losses
+    (FAMO, STCH) at the cost of a single gradient."""
+    losses, pullback, (rep_aux, task_aux) = _losses_and_pullback(objective)
     weights = jax.lax.stop_gradient(weights_of(jax.lax.stop_gradient(losses)))
     shared_grads, task_grads = pullback(weights.astype(losses.dtype))
     return Update(shared_grads, task_grads, losses, weights, rep_aux, task_aux)
@@ -166,14 +170,7 @@ def per_task_shared_grads(objective: TaskObjective) -> tuple[PyTree, PyTree, Upd
     if objective.per_task_representation is not None:
         return _grouped_grads(objective)
 
-    def losses_fn(shared, task_specific):
-        z, rep_aux = objective.representation(shared)
-        losses, task_aux = objective.task_losses(task_specific, z)
-        return losses, (rep_aux, task_aux)
-
-    losses, pullback, (rep_aux, task_aux) = jax.vjp(
-        losses_fn, objective.shared, objective.task_specific, has_aux=True
-    )
+    losses, pullback, (rep_aux, task_aux) = _losses_and_pullback(objective)
     num_tasks = losses.shape[0]
     shared_grads, _ = jax.vmap(pullback)(jnp.eye(num_tasks, dtype=losses.dtype))
     summed_shared, task_grads = pullback(jnp.ones_like(losses))

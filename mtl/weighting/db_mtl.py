@@ -67,7 +67,7 @@ def db_mtl(beta: float = 0.9, beta_sigma: float = 0.5) -> base.Weighting:
         running = jax.tree.map(
             lambda g, m: g + (decay * (m - g)).astype(g.dtype), per_task, state.grads
         )
-        norms = jnp.sqrt(jnp.maximum(jnp.diag(gradients.gram(running)), 0.0))
+        norms = jnp.sqrt(gradients.task_squared_norms(running))
         factors = jnp.max(norms) / (norms + EPS)
         task_aux, losses = out.task_aux
         update = out._replace(

@@ -57,6 +57,15 @@ def gram(per_task: PyTree) -> jax.Array:
     return total
 
 
+def task_squared_norms(per_task: PyTree) -> jax.Array:
+    """`|g_t|^2` [T] in float32 for a pytree whose leaves have a leading task axis: the
+    diagonal of `gram` without its T x T products."""
+    return sum(
+        jnp.sum(jnp.square(leaf.reshape(leaf.shape[0], -1).astype(jnp.float32)), axis=1)
+        for leaf in jax.tree_util.tree_leaves(per_task)
+    )
+
+
 def combine(weights: jax.Array, per_task: PyTree) -> PyTree:
     """`sum_t weights[t] * g_t` leaf by leaf, in each leaf's dtype."""
     return jax.tree.map(

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from mtl.errors import ConfigError
-from mtl.weighting import base
+from mtl.weighting import base, gradients
 
 WRT = ("shared", "representation")
 
@@ -77,8 +77,7 @@ def _weighted_update_and_norms(
     # costs what `per_task_shared_grads` alone costs).
     if wrt == "shared":
         shared_grads, _, _ = base.per_task_shared_grads(objective)
-        leaves = jax.tree_util.tree_leaves(shared_grads)
-        norms = jnp.sqrt(sum(jnp.square(_norms(g)) for g in leaves))
+        norms = jnp.sqrt(gradients.task_squared_norms(shared_grads))
         update = base.weighted_update(objective, weights)
         # sum_t w_t g_t from the per-task gradients at hand: no second trunk backward pass.
         combined = jax.tree.map(
