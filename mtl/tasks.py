@@ -97,16 +97,25 @@ class Task:
 
     def loss_fn(self, outputs: jax.Array, labels: jax.Array, mask: jax.Array) -> jax.Array:
         """Mean loss over the examples that have a label for this task (0 if none do)."""
-        return masked_mean(LOSSES[self.loss](outputs, labels), mask)
+        return masked_mean(LOSSES[self.loss](outputs, labelled_only(labels, mask)), mask)
 
     def metric_sums(
         self, outputs: jax.Array, labels: jax.Array, mask: jax.Array
     ) -> dict[str, jax.Array]:
         """Per-metric sums over labelled examples plus their `count`, for accumulation."""
+        labels = labelled_only(labels, mask)
         mask = mask.astype(jnp.float32)
         sums = {m: jnp.sum(METRICS[m](outputs, labels) * mask) for m in self.metrics}
         sums["count"] = jnp.sum(mask)
         return sums
+
+
+def labelled_only(labels: jax.Array, mask: jax.Array) -> jax.Array:
+    """`labels` with the rows that carry no label (`mask` [B] unset) set to 0. Unlabelled rows
+    may hold anything (NaN for a missing regression target); multiplying their loss by 0 would
+    still give NaN, in the loss and in its gradient, so they are replaced before the loss."""
+    keep = mask.astype(bool).reshape(mask.shape + (1,) * (labels.ndim - mask.ndim))
+    return jnp.where(keep, labels, jnp.zeros_like(labels))
 
 
 def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:

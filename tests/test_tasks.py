@@ -30,6 +30,20 @@ def test_no_labels_gives_zero_loss_and_count():
     assert float(task.metric_sums(logits, labels, mask)["count"]) == 0.0
 
 
+def test_nan_targets_of_unlabelled_rows_leave_loss_gradient_and_metrics_finite():
+    import jax
+
+    (task,) = tasks_from_config({"r": dict(head="regression", num_outputs=1)})
+    outputs = jnp.array([[0.5], [2.0], [-1.0]])
+    labels = jnp.array([1.0, jnp.nan, 0.0])  # row 1 has no target
+    mask = jnp.array([True, False, True])
+    loss, grad = jax.value_and_grad(lambda o: task.loss_fn(o, labels, mask))(outputs)
+    np.testing.assert_allclose(loss, (0.25 + 1.0) / 2, rtol=1e-6)
+    np.testing.assert_allclose(grad, [[-0.5], [0.0], [-1.0]], rtol=1e-6)
+    sums = task.metric_sums(outputs, labels, mask)
+    np.testing.assert_allclose([sums["mse"], sums["mae"]], [1.25, 1.5], rtol=1e-6)
+
+
 def test_metric_sums_count_only_labelled_examples():
     (task,) = tasks_from_config({"t": dict(num_outputs=2)})
     logits = jnp.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
