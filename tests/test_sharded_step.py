@@ -18,7 +18,9 @@ def _run(mesh: Mesh, num_steps: int = 3):
     config.conv4.filters = 8
     tasks = toy_tasks()
     model = build_model(config, tasks, (8, 8, 1), seed=0)
-    steps = make_steps(model, tasks, optax.adam(1e-2), sum_of_losses(), seed=0)
+    # SGD: Adam would turn the rounding noise in gradients that are 0 in exact arithmetic (the
+    # conv biases before batch norm) into full-size steps of either sign on each mesh.
+    steps = make_steps(model, tasks, optax.sgd(0.1), sum_of_losses(), seed=0)
     compiled = loop.compile_steps(steps.init, steps.train_step, mesh, rules=())
     state = compiled.init()
     history = []
@@ -38,6 +40,7 @@ def test_eight_devices_match_one_device():
     assert batch["inputs"].addressable_shards[0].data.shape[0] == 4
     for a, b in zip(one_hist, eight_hist, strict=True):
         for key in a:
+            assert np.isfinite(a[key]), key
             np.testing.assert_allclose(a[key], b[key], atol=1e-5, err_msg=key)
     jax.tree_util.tree_map(
         lambda x, y: np.testing.assert_allclose(x, y, atol=1e-5),

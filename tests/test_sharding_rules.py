@@ -14,14 +14,16 @@ from mtl.train import loop
 from tests.helpers import sum_of_losses, toy_batch, toy_tasks
 
 
-def _steps(trunk: str):
+def _steps(trunk: str, optimizer=None):
     config = default_config()
     config.trunk = trunk
     config.conv4.filters = 16
     config.mlp.hidden = (64, 128)
     tasks = toy_tasks()
     model = build_model(config, tasks, (8, 8, 1), seed=0)
-    return make_steps(model, tasks, optax.adam(1e-2), sum_of_losses(), seed=0)
+    # SGD: Adam would turn the rounding noise in gradients that are 0 in exact arithmetic (conv4's
+    # conv biases before batch norm) into full-size steps of either sign on each mesh.
+    return make_steps(model, tasks, optimizer or optax.sgd(0.1), sum_of_losses(), seed=0)
 
 
 def _train(trunk: str, mesh_config: dict, rules=(), num_steps: int = 3):
@@ -90,6 +92,7 @@ def test_rules_split_the_trunk_and_keep_the_step(
 
     for a, b in zip(ref_history, history, strict=True):
         for key in a:
+            assert np.isfinite(a[key]), key
             np.testing.assert_allclose(a[key], b[key], atol=1e-5, err_msg=key)
     _assert_same(jax.device_get(reference.params), jax.device_get(state.params))
     _assert_same(jax.device_get(reference.opt_state), jax.device_get(state.opt_state))
@@ -97,7 +100,7 @@ def test_rules_split_the_trunk_and_keep_the_step(
 
 def test_optimizer_moments_follow_their_parameters():
     mesh = parallel.make_mesh({"data": 2, "fsdp": 4})
-    shapes = jax.eval_shape(_steps("mlp").init)
+    shapes = jax.eval_shape(_steps("mlp", optax.adam(1e-2)).init)
     shardings = sharding.tree_shardings(shapes, (("trunk/.*kernel", "fsdp"),), mesh)
     param = shardings.params["trunk"]["layers"][1]["kernel"]
     moment = shardings.opt_state[0].mu["trunk"]["layers"][1]["kernel"]
