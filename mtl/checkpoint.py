@@ -213,6 +213,13 @@ def _unused_trunks_dropped(config: dict) -> dict:
     if not isinstance(model, dict) or "trunk" not in model:
         return config
     kept = {k: v for k, v in model.items() if not isinstance(v, dict) or k == model["trunk"]}
+    # Likewise `model.architectures` holds every architecture's options, and a run with the
+    # default (hard sharing) records nothing of them, so runs from before they existed resume.
+    architecture = kept.pop("architecture", "hps")
+    blocks = model.get("architectures")
+    if architecture != "hps":
+        kept["architecture"] = architecture
+        kept["architectures"] = {architecture: (blocks or {}).get(architecture)}
     return {**config, "model": kept}
 
 

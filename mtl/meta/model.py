@@ -84,6 +84,12 @@ def build(
     factory = TRUNKS.get(name, field="model.trunk")
     options = TRUNKS.options_from(name, model_config.get(name), field=f"model.{name}")
     options = precisions.trunk_options(name, options, precision)
+    architecture = model_config.get("architecture", "hps")
+    if architecture != "hps":
+        raise ConfigError(
+            f"model.architecture={architecture} is for multi-task training; meta-learning "
+            "adapts one trunk and a head. Set --config.model.architecture=hps."
+        )
     rngs = nnx.Rngs(seed)
     trunk = factory(_shape(input_shape), rngs=rngs, **options)
     if lora is not None:

@@ -41,7 +41,9 @@ class DenseHead(nnx.Module):
         )
         self.out = nnx.Linear(sizes[-1], num_outputs, rngs=rngs)
 
-    def __call__(self, z: jax.Array) -> jax.Array:
+    def __call__(self, z: jax.Array, *, inputs=None, train: bool = False) -> jax.Array:
+        """`inputs` and `train` are ignored here; heads of other architectures read them
+        (`mtl.models.architectures`)."""
         if isinstance(z, Mapping):  # a trunk that also returns LM logits (causal_lm tasks)
             z = z["pooled"]
         z = z.astype(jnp.float32)  # heads and losses in float32 under bfloat16 (precision)
@@ -62,7 +64,7 @@ class GradientReversalHead(DenseHead):
         super().__init__(*args, **kwargs)
         self.reversal_scale = 1.0
 
-    def __call__(self, z: jax.Array) -> jax.Array:
+    def __call__(self, z: jax.Array, *, inputs=None, train: bool = False) -> jax.Array:
         return super().__call__(gradient_reversal(z, self.reversal_scale))
 
 
@@ -73,7 +75,7 @@ class CausalLMHead(nnx.Module):
     def __init__(self, in_features: int, num_outputs: int, *, hidden=(), rngs=None):
         del in_features, num_outputs, hidden, rngs
 
-    def __call__(self, z: Mapping[str, jax.Array]) -> jax.Array:
+    def __call__(self, z: Mapping[str, jax.Array], *, inputs=None, train=False) -> jax.Array:
         return z["logits"]
 
 

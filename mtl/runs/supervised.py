@@ -27,7 +27,8 @@ from mtl import distributed, optim, parallel, sharding
 from mtl.data import arrays, batches, sources
 from mtl.errors import ConfigError, unknown_name
 from mtl.models import TRUNKS, build_model, causal_lm, precision
-from mtl.models.multitask import MultiTaskModel
+from mtl.models.architectures import HARD_SHARING
+from mtl.models.multitask import MultiTaskModel, architecture_of, architecture_options
 from mtl.runs import evaluators, finetune_stage
 from mtl.runs.supervised_step import Steps, make_steps
 from mtl.tasks import Task, check_labels, tasks_from_config
@@ -53,11 +54,33 @@ def validate(config: ml_collections.ConfigDict) -> tuple[tuple[Task, ...], Weigh
     TRUNKS.get(trunk, field="model.trunk")
     options = TRUNKS.options_from(trunk, config.model.get(trunk), field=f"model.{trunk}")
     precision.trunk_options(trunk, options, precision.of(config))
+    check_architecture(config)
     weighting = get_weighting(config.weighting.name, config.weighting.get(config.weighting.name))
     optim.make_optimizer(config.optimizer, config.num_steps)
     sources.SOURCES.get(config.data.name, field="data.name")
     check_batch_layout(config, tasks)
     return tasks, weighting
+
+
+def check_architecture(config: ml_collections.ConfigDict) -> None:
+    """`model.architecture` and its options; architectures other than hard sharing are trained
+    by `trainer="multitask"` from fresh weights only."""
+    name = architecture_of(config.model)
+    architecture_options(config.model)
+    if name == HARD_SHARING:
+        return
+    trainer = config.get("trainer", "multitask")
+    if trainer != "multitask":
+        raise ConfigError(
+            f"model.architecture={name} is trained by trainer='multitask' only, not "
+            f"{trainer!r}: set --config.model.architecture=hps."
+        )
+    if finetune_stage.enabled(config):
+        raise ConfigError(
+            f"model.architecture={name} starts from fresh weights; a fine-tuning stage "
+            "(config.finetune) loads one pretrained trunk into hard sharing. Remove "
+            "config.finetune or set --config.model.architecture=hps."
+        )
 
 
 def check_batch_layout(config: ml_collections.ConfigDict, tasks) -> None:

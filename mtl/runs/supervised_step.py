@@ -1,7 +1,9 @@
 """The supervised (multi-task and fine-tuning) train and evaluation steps, as pure functions
 of a `TrainState`:
 
-    params = {"trunk": ..., "heads": {task: ...}}, model_state = {"trunk": ...},
+    params = {"trunk": ..., "heads": {task: ...}},
+    model_state = {"trunk": ...} and, when some head keeps statistics (CGC's task experts),
+        "heads": {task: ...} for those heads,
     method_state = the weighting's state, nonfinite flags = one per task.
 
 `make_steps` closes over everything static (the model's graph, tasks, optimizer, weighting
@@ -50,6 +52,14 @@ def merge_groups(new: PyTree, old: PyTree) -> PyTree:
     return jax.tree.map(merge, new, old)
 
 
+class HeadResults(NamedTuple):
+    """The `aux` of the objective's `task_losses`: every task's outputs, and the new state
+    of the heads that keep one (batch-norm statistics of CGC's task experts)."""
+
+    outputs: dict[str, jax.Array]
+    state: dict[str, PyTree]
+
+
 class Steps(NamedTuple):
     init: Any  # () -> state
     train_step: Any  # (state, batch) -> (state, metrics)
@@ -78,10 +88,22 @@ def make_objective(
         def representation(shared):
             return trunk.apply(shared, model_state["trunk"], batch["inputs"], train=train)
 
+        head_states = model_state.get("heads", {})
+
         def task_losses(task_params, z):
-            outputs = {t.name: heads[t.name].apply(task_params[t.name], {}, z)[0] for t in tasks}
+            outputs, new_states = {}, {}
+            for t in tasks:
+                outputs[t.name], new = heads[t.name].apply(
+                    task_params[t.name],
+                    head_states.get(t.name, {}),
+                    z,
+                    inputs=batch["inputs"],
+                    train=train,
+                )
+                if t.name in head_states:
+                    new_states[t.name] = new
             losses = jnp.stack([task_loss(t, outputs[t.name], batch) for t in tasks])
-            return losses, outputs
+            return losses, HeadResults(outputs, new_states)
 
         if not (per_task_batch and train):
             return TaskObjective(params["trunk"], params["heads"], representation, task_losses)
@@ -131,16 +153,20 @@ def make_steps(
     """
     task_loss = default_task_loss if task_loss is None else task_loss
     trunk, trunk_params, trunk_state = PureModule.split(model.trunk)
-    heads = {}
-    head_params = {}
+    heads, head_params, head_states = {}, {}, {}
     for name, head in model.heads.items():
-        heads[name], head_params[name], _ = PureModule.split(head)
+        heads[name], head_params[name], state = PureModule.split(head)
+        if state:
+            head_states[name] = state
     tasks = tuple(tasks)
+    # Only models with stateful heads carry "heads" in model_state: checkpoints of the others
+    # keep the layout they always had.
+    model_state = {"trunk": trunk_state, **({"heads": head_states} if head_states else {})}
 
     def init() -> TrainState:
         return TrainState.create(
             {"trunk": trunk_params, "heads": head_params},
-            {"trunk": trunk_state},
+            model_state,
             optimizer,
             seed=seed,
             losses=[t.name for t in tasks],
@@ -154,7 +180,8 @@ def make_steps(
     def eval_step(state: TrainState, batch: PyTree) -> dict[str, dict[str, jax.Array]]:
         obj = objective(state.params, state.model_state, batch, train=False)
         z, _ = obj.representation(obj.shared)
-        _, outputs = obj.task_losses(obj.task_specific, z)
+        _, results = obj.task_losses(obj.task_specific, z)
+        outputs = results.outputs
         return {
             t.name: t.metric_sums(
                 outputs[t.name], batch["labels"][t.label], batch["masks"][t.label]
@@ -177,6 +204,8 @@ def make_train_step(objective, weighting: Weighting, optimizer, tasks: tuple[Tas
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         model_state = {"trunk": update.representation_aux}
+        if update.task_aux.state:
+            model_state["heads"] = update.task_aux.state
         if weighting.after_update is not None:
             # FAMO: the same batch's losses after the step (forward only, statistics discarded).
             after = objective(params, model_state, batch, train=True)
@@ -203,7 +232,7 @@ def step_metrics(tasks: Sequence[Task], update: Any, batch: PyTree) -> dict[str,
         metrics[f"loss/{t.name}"] = update.losses[i]
         metrics[f"weight/{t.name}"] = update.weights[i]
         sums = t.metric_sums(
-            update.task_aux[t.name], batch["labels"][t.label], batch["masks"][t.label]
+            update.task_aux.outputs[t.name], batch["labels"][t.label], batch["masks"][t.label]
         )
         count = jnp.maximum(sums.pop("count"), 1.0)
         metrics.update({f"{m}/{t.name}": s / count for m, s in sums.items()})

@@ -21,11 +21,6 @@ class GradNormState(NamedTuple):
     step: jax.Array  # int32: steps taken
 
 
-def _norms(grads: jax.Array) -> jax.Array:
-    """Euclidean norms of the rows of `grads` ([T, ...]), in float32."""
-    return jnp.linalg.norm(grads.astype(jnp.float32).reshape(grads.shape[0], -1), axis=1)
-
-
 def gradnorm(alpha: float = 1.5, lr: float = 0.025, wrt: str = "shared") -> base.Weighting:
     """GradNorm (Chen et al., "GradNorm: Gradient Normalization for Adaptive Loss Balancing in
     Deep Multitask Networks", ICML 2018), in LibMTL's form.
@@ -86,8 +81,10 @@ def _weighted_update_and_norms(
         update = update._replace(shared_grads=combined)
     else:
         z_grads, _ = base.representation_grads(objective)
-        # As LibMTL's rep_grad mode: sum the gradient over the batch axis of z first.
-        norms = _norms(jnp.sum(z_grads, axis=1))
+        # As LibMTL's rep_grad mode: sum the gradient over the batch axis of z first (z may be
+        # a tuple of arrays, e.g. the experts' outputs under MMoE).
+        per_task = jax.tree.map(lambda g: jnp.sum(g, axis=1), z_grads)
+        norms = jnp.sqrt(gradients.task_squared_norms(per_task))
         update = base.weighted_update(objective, weights)
     return update, jax.lax.stop_gradient(norms)
 

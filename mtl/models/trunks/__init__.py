@@ -8,6 +8,12 @@ Each trunk is one file in this package that registers a factory in `TRUNKS`:
         out_features: int                         # width of the representation it returns
         def __call__(self, x, *, train: bool): ...  # -> [batch, out_features]
 
+A trunk may also expose its stages, for the architectures that work between them
+(cross-stitch, MTAN; `mtl/models/architectures/stages.py`):
+
+        def stage_blocks(self): ...  # -> [block, ...], each block(h, train=...) -> h
+        def pool(self, h): ...       # the last stage's output -> [batch, out_features]
+
 Keyword options with defaults become config fields (`--config.model.conv4.filters=32`).
 Every module in this package is imported below, so adding a trunk is adding one file. A module
 may define `SHARDING_PRESETS = {name: rules}` for its trunk (`mtl.sharding`); they are

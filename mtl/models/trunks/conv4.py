@@ -132,10 +132,19 @@ class Conv4(nnx.Module):
             raise ConfigError(f"conv4 input {tuple(input_shape)} is too small for four blocks.")
         self.out_features = filters if pooling == "mean" else filters * height * width
 
+    def stage_blocks(self) -> list[nnx.Module]:
+        """The blocks in order, each `block(h, train=...)`: the stages that cross-stitch
+        units and MTAN's attention read (`mtl.models.architectures`)."""
+        return list(self.blocks)
+
+    def pool(self, h: jax.Array) -> jax.Array:
+        """The last block's feature map -> the representation [batch, out_features]."""
+        if self.pooling == "mean":
+            return jnp.mean(h, axis=(1, 2))
+        return h.reshape(h.shape[0], -1)
+
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         h = x
         for block in self.blocks:
             h = block(h, train=train)
-        if self.pooling == "mean":
-            return jnp.mean(h, axis=(1, 2))
-        return h.reshape(h.shape[0], -1)
+        return self.pool(h)

@@ -256,8 +256,17 @@ class ResNet(nnx.Module):
             h = remat_call(layer, h, train=train) if self.remat else layer(h, train=train)
         return h
 
+    def stage_blocks(self) -> list[nnx.Module]:
+        """The stem and every residual block, each `block(h, train=...)` (see
+        `Conv4.stage_blocks`)."""
+        return [self.embeddings, *self.layers]
+
+    def pool(self, h: jax.Array) -> jax.Array:
+        """Global average pooling of the last feature map."""
+        return jnp.mean(h, axis=(1, 2))
+
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        return jnp.mean(self.features(x, train=train), axis=(1, 2))
+        return self.pool(self.features(x, train=train))
 
 
 # Options that pretrained weights depend on: a checkpoint and the config must agree on them.

@@ -119,6 +119,14 @@ class ResNet12(nnx.Module):
         self.out_features = channels[-1]
         self.remat = remat
 
+    def stage_blocks(self) -> list[nnx.Module]:
+        """The four blocks, each `block(h, train=...)` (see `Conv4.stage_blocks`)."""
+        return list(self.layers)
+
+    def pool(self, h: jax.Array) -> jax.Array:
+        """Global average pooling of the last feature map."""
+        return jnp.mean(h, axis=(1, 2))
+
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         check_images("resnet12", x.shape, self.in_channels, MIN_SIZE)
         h = x
