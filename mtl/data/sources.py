@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from mtl.data.arrays import ArrayDataset
-from mtl.errors import unknown_name
+from mtl.errors import ConfigError, unknown_name
 from mtl.registry import Registry
 
 SOURCES: Registry = Registry("data set")
@@ -40,6 +40,7 @@ def omniglot_alphabets(
     rotation: bool = False,
     target_domain: str = "",
     pooled_tasks: Sequence[str] = (),
+    rotate_every_image: bool = False,
 ) -> MultiTaskData:
     """Omniglot with one task per alphabet: classify the character within the alphabet.
 
@@ -58,8 +59,17 @@ def omniglot_alphabets(
       pooled_tasks: label fields over all alphabets, labelling every image: "alphabet" (which
         alphabet) and "character" (which character of all alphabets); see
         `mtl.data.omniglot.POOLED`.
+      rotate_every_image: rotate every image by a seeded multiple of 90 degrees and label it
+        (field "rotation") beside its other labels: rotation as a task on the same inputs
+        (`mtl.data.rotation.rotate_every_image`). Not with `rotation`.
     """
     from mtl.data import omniglot_domains
+
+    if rotation and rotate_every_image:
+        raise ConfigError(
+            "data.rotation adds rotated copies for a rotation task of their own, and "
+            "data.rotate_every_image rotates the images themselves; set only one."
+        )
 
     if target_domain and target_domain not in omniglot_domains.DOMAINS:  # before any loading
         raise unknown_name(
@@ -82,6 +92,10 @@ def omniglot_alphabets(
         from mtl.data.rotation import add_rotation_task
 
         train, test = add_rotation_task(train, seed=0), add_rotation_task(test, seed=1)
+    if rotate_every_image:
+        from mtl.data.rotation import rotate_every_image as rotate_all
+
+        train, test = rotate_all(train, seed=0), rotate_all(test, seed=1)
     if target_domain:
         train = omniglot_domains.add_target_domain(train, target_domain, seed=0)
         test = omniglot_domains.add_target_domain(test, target_domain, seed=1)
