@@ -23,6 +23,7 @@ from flax import nnx
 
 from mtl.errors import ConfigError
 from mtl.models import precision as precisions
+from mtl.models.architectures import HARD_SHARING
 from mtl.models.functional import PureModule
 from mtl.models.heads import HEADS
 from mtl.models.trunks import TRUNKS
@@ -84,8 +85,8 @@ def build(
     factory = TRUNKS.get(name, field="model.trunk")
     options = TRUNKS.options_from(name, model_config.get(name), field=f"model.{name}")
     options = precisions.trunk_options(name, options, precision)
-    architecture = model_config.get("architecture", "hps")
-    if architecture != "hps":
+    architecture = model_config.get("architecture", HARD_SHARING)
+    if architecture != HARD_SHARING:
         raise ConfigError(
             f"model.architecture={architecture} is for multi-task training; meta-learning "
             "adapts one trunk and a head. Set --config.model.architecture=hps."
