@@ -264,11 +264,15 @@ def small_config(omniglot_dir, omniglot_tfds_dir):
     return config
 
 
-def test_other_trainers_and_pretrained_trunks_refuse_architectures(small_config):
+def test_other_trainers_and_meta_learning_refuse_architectures(small_config):
+    from mtl.meta import model as meta_model
+
     small_config.model.architecture = "mmoe"
     small_config.trainer = "sequential"
     with pytest.raises(ConfigError, match="trainer='multitask' only"):
         supervised.check_architecture(small_config)
+    with pytest.raises(ConfigError, match="meta-learning adapts one trunk"):
+        meta_model.build(small_config.model, "classification", 5, (8, 8, 1), seed=0)
 
 
 def test_a_cgc_run_resumes_equal_to_an_uninterrupted_one(small_config, omniglot_images, tmp_path):
