@@ -84,7 +84,14 @@ def steps(cpu: bool, peak: float = 0.0) -> list[Step]:
             Step("maml_step", ["benchmarks.maml_step", *small, "--peers=torch.func"], 120),
             Step(
                 "finetune_step",
-                ["benchmarks.finetune_step", *small, "--batch_size=4", "--seq_len=32", both],
+                [
+                    "benchmarks.finetune_step",
+                    *small,
+                    "--model=tiny",
+                    "--batch_size=4",
+                    "--seq_len=32",
+                    both,
+                ],
                 120,
             ),
             Step(

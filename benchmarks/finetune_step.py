@@ -39,7 +39,11 @@ _DROPOUT = flags.DEFINE_float("dropout", 0.1, "Hidden and attention dropout on b
 _THREADS = flags.DEFINE_integer("torch_threads", 0, "PyTorch threads (0: all CPU cores).")
 _PROFILE = flags.DEFINE_bool("profile", False, "Then print where both steps spend their time.")
 _MODEL = flags.DEFINE_enum(
-    "model", "minilm", ["minilm", "base"], "all-MiniLM-L6-v2, or BERT-base-sized random weights."
+    "model",
+    "minilm",
+    ["minilm", "base", "tiny"],
+    "all-MiniLM-L6-v2, or BERT-base-sized random weights, or a 2-layer 64-wide random BERT "
+    "(the device check's CPU mode: it only has to run).",
 )
 _PEAK = flags.DEFINE_float(
     "peak_tflops", 0.0, "The device's peak bfloat16 TFLOP/s, for model FLOPs utilisation."
@@ -51,17 +55,23 @@ for _holder in (_BATCH, _SEQ, _ROUNDS, _STEPS, _DROPOUT, _THREADS, _PROFILE, _MO
 
 NUM_CLASSES = 2
 LR = 5e-5
-MODELS = {"minilm": "all-MiniLM-L6-v2", "base": "BERT-base-sized (random weights)"}
+MODELS = {
+    "minilm": "all-MiniLM-L6-v2",
+    "base": "BERT-base-sized (random weights)",
+    "tiny": "2-layer 64-wide BERT (random weights)",
+}
+TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128)
 
 
-def base_sized_dir(folder: str) -> str:
-    """A BERT-base-sized encoder (768 wide, 12 layers; transformers' default BertConfig) with
-    random weights, saved as a Hugging Face directory in `folder`: nothing is downloaded."""
+def random_bert_dir(folder: str, **sizes) -> str:
+    """A BERT encoder with random weights, saved as a Hugging Face directory in `folder`:
+    nothing is downloaded. No `sizes`: BERT-base (768 wide, 12 layers; transformers' default
+    BertConfig)."""
     import torch
     from transformers import BertConfig, BertModel
 
     torch.manual_seed(0)
-    BertModel(BertConfig()).save_pretrained(folder)
+    BertModel(BertConfig(**sizes)).save_pretrained(folder)
     return folder
 
 
@@ -182,7 +192,11 @@ def main(argv):
     from mtl.convert import package_dir
 
     torch.set_num_threads(_THREADS.value or os.cpu_count())
-    hf_dir = package_dir() if _MODEL.value == "minilm" else base_sized_dir(tempfile.mkdtemp())
+    if _MODEL.value == "minilm":
+        hf_dir = package_dir()
+    else:
+        sizes = TINY if _MODEL.value == "tiny" else {}
+        hf_dir = random_bert_dir(tempfile.mkdtemp(), **sizes)
     inputs, labels = make_batch(_BATCH.value, _SEQ.value, vocab=30522)
     tokens = _BATCH.value * _SEQ.value
     sides, hlo_texts, compile_s = {}, {}, {}
