@@ -9,10 +9,10 @@ import tempfile
 # faster (tests/test_vision_trunks.py and tests/test_meta_imaml_r2d2_boil.py: 178 s -> 137 s
 # on 2 cores, 2026-12-07). XLA's own graph optimisations still run; only code generation is
 # less optimised, which the tests do not time.
-_QUICK_COMPILE = "--xla_backend_optimization_level=0"
+QUICK_COMPILE = "--xla_backend_optimization_level=0"
 _flags = os.environ.get("XLA_FLAGS", "")
 if "xla_backend_optimization_level" not in _flags:
-    _flags += " " + _QUICK_COMPILE
+    _flags += " " + QUICK_COMPILE
 os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
@@ -127,3 +127,21 @@ TINY_BERT = dict(
     intermediate_size=64,
     max_position_embeddings=64,
 )
+
+
+# Modules of tests that run for 40 s or more (real processes, whole runs): queued first, so the
+# two workers start them early and fill the end with the short tests instead of one worker
+# finishing a long test alone.
+LONG_FIRST = (
+    "test_multiprocess.py",
+    "test_device_check.py",
+    "test_faults.py",
+    "test_train_loop.py",
+    "test_sequential_text.py",
+    "test_vision_trunks.py",
+    "test_text_meta.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: item.path.name not in LONG_FIRST)  # stable: order kept within

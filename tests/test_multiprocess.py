@@ -20,9 +20,13 @@ import numpy as np
 
 from mtl import checkpoint
 from scripts import faults
+from tests.conftest import QUICK_COMPILE
 from tests.test_train_loop import _flags
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+# The suite's quick compiles (tests/conftest.py) in every process, without its 8 fake devices:
+# one fake device per process, or two in the single process the runs are compared with.
+TWO_DEVICES = f"{QUICK_COMPILE} --xla_force_host_platform_device_count=2"
 TIMEOUT = 400  # generous: two cores are shared with other test workers
 
 # A constant learning rate: then the run length changes nothing before the end, so a long run
@@ -49,7 +53,7 @@ def test_two_processes_stop_together_resume_and_match_one_process(
     tmp_path, omniglot_images, omniglot_dir, omniglot_tfds_dir
 ):
     workdir = tmp_path / "two"
-    env = {"XLA_FLAGS": ""}
+    env = {"XLA_FLAGS": QUICK_COMPILE}
     run = faults.Run(_launch_args(workdir, omniglot_dir, omniglot_tfds_dir, num_steps=400), env)
     pid_1 = int(run.wait_for(r"\[launch\] process 1: pid (\d+)").group(1))
     deadline = time.time() + TIMEOUT
@@ -67,7 +71,7 @@ def test_two_processes_stop_together_resume_and_match_one_process(
         capture_output=True,
         text=True,
         timeout=TIMEOUT,
-        env={**os.environ, "XLA_FLAGS": ""},
+        env={**os.environ, "XLA_FLAGS": QUICK_COMPILE},
     )
     for pid in (pid_0, pid_1):
         os.kill(pid, signal.SIGCONT)
@@ -103,7 +107,7 @@ def test_two_processes_stop_together_resume_and_match_one_process(
         capture_output=True,
         text=True,
         timeout=TIMEOUT,
-        env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
+        env={**os.environ, "XLA_FLAGS": TWO_DEVICES},
     )
     assert one.returncode == 0, one.stderr[-3000:]
 
@@ -139,7 +143,7 @@ def test_two_processes_meta_train_save_resume_and_match_one_process(tmp_path):
     two = tmp_path / "two"
     local = [sys.executable, "-m", "launch.local", "--num_processes=2"]
     launcher = [*local, "--cpu_devices_per_process=1", "--grace_s=30", "--"]
-    env = {"XLA_FLAGS": ""}
+    env = {"XLA_FLAGS": QUICK_COMPILE}
     first = faults.Run(command(two, 3, launcher), env)
     assert first.finish(TIMEOUT) == 0, first.text[-3000:]
     assert (two / "checkpoints" / "3").is_dir()
@@ -156,7 +160,7 @@ def test_two_processes_meta_train_save_resume_and_match_one_process(tmp_path):
         capture_output=True,
         text=True,
         timeout=TIMEOUT,
-        env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
+        env={**os.environ, "XLA_FLAGS": TWO_DEVICES},
     )
     assert reference.returncode == 0, reference.stderr[-3000:]
 
@@ -193,7 +197,7 @@ def test_two_processes_stream_image_folders_as_one_process_does(tmp_path):
     local = [sys.executable, "-m", "launch.local", "--num_processes=2"]
     launcher = [*local, "--cpu_devices_per_process=1", "--grace_s=30", "--"]
     two = faults.Run(faults.train_command(tmp_path / "two", overrides, config, launcher),
-                     {"XLA_FLAGS": ""})  # fmt: skip
+                     {"XLA_FLAGS": QUICK_COMPILE})  # fmt: skip
     assert two.finish(TIMEOUT) == 0, two.text[-3000:]
     one = subprocess.run(
         faults.train_command(tmp_path / "one", overrides, config),
@@ -201,7 +205,7 @@ def test_two_processes_stream_image_folders_as_one_process_does(tmp_path):
         capture_output=True,
         text=True,
         timeout=TIMEOUT,
-        env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
+        env={**os.environ, "XLA_FLAGS": TWO_DEVICES},
     )
     assert one.returncode == 0, one.stderr[-3000:]
     expected = checkpoint.final_state(str(tmp_path / "one"))["params"]
