@@ -20,23 +20,24 @@ CLASSES = {
 }
 
 
+def classification(num_classes: int, label: str) -> dict:
+    """A classification task reading label field `label`, scored by accuracy."""
+    return dict(
+        head="classification",
+        num_outputs=num_classes,
+        loss="softmax_cross_entropy",
+        metrics=("accuracy",),
+        label=label,
+    )
+
+
 def use_pooled_task(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
     """`config` with the one task `name` ("alphabet" or "character") in place of its tasks."""
     if name not in CLASSES:
         from mtl.errors import unknown_name
 
         raise unknown_name("pooled task", name, CLASSES, field="--config=...:TASK")
-    config.tasks = ml_collections.ConfigDict(
-        {
-            name: dict(
-                head="classification",
-                num_outputs=CLASSES[name],
-                loss="softmax_cross_entropy",
-                metrics=("accuracy",),
-                label=name,
-            )
-        }
-    )
+    config.tasks = ml_collections.ConfigDict({name: classification(CLASSES[name], name)})
     config.data.pooled_tasks = (name,)
     return config
 

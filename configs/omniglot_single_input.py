@@ -22,16 +22,7 @@ def get_config() -> ml_collections.ConfigDict:
     config = omniglot_mtl.get_config()
     classes = {**omniglot_pooled.CLASSES, "rotation": 4}
     config.tasks = ml_collections.ConfigDict(
-        {
-            name: dict(
-                head="classification",
-                num_outputs=classes[name],
-                loss="softmax_cross_entropy",
-                metrics=("accuracy",),
-                label=name,
-            )
-            for name in TASKS
-        }
+        {name: omniglot_pooled.classification(classes[name], name) for name in TASKS}
     )
     config.data.pooled_tasks = ("alphabet", "character")
     config.data.rotate_every_image = True
