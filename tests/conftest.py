@@ -127,21 +127,3 @@ TINY_BERT = dict(
     intermediate_size=64,
     max_position_embeddings=64,
 )
-
-
-# Modules of tests that run for 40 s or more (real processes, whole runs): queued first, so the
-# two workers start them early and fill the end with the short tests instead of one worker
-# finishing a long test alone.
-LONG_FIRST = (
-    "test_multiprocess.py",
-    "test_device_check.py",
-    "test_faults.py",
-    "test_train_loop.py",
-    "test_sequential_text.py",
-    "test_vision_trunks.py",
-    "test_text_meta.py",
-)
-
-
-def pytest_collection_modifyitems(config, items):
-    items.sort(key=lambda item: item.path.name not in LONG_FIRST)  # stable: order kept within
