@@ -22,6 +22,7 @@ from etils import epath
 
 from mtl import workdir_files
 from mtl.errors import CheckpointError, ConfigError
+from mtl.models.architectures import HARD_SHARING
 
 PyTree = Any
 
@@ -215,9 +216,9 @@ def _unused_trunks_dropped(config: dict) -> dict:
     kept = {k: v for k, v in model.items() if not isinstance(v, dict) or k == model["trunk"]}
     # Likewise `model.architectures` holds every architecture's options, and a run with the
     # default (hard sharing) records nothing of them, so runs from before they existed resume.
-    architecture = kept.pop("architecture", "hps")
+    architecture = kept.pop("architecture", HARD_SHARING)
     blocks = model.get("architectures")
-    if architecture != "hps":
+    if architecture != HARD_SHARING:
         kept["architecture"] = architecture
         kept["architectures"] = {architecture: (blocks or {}).get(architecture)}
     return {**config, "model": kept}

@@ -62,12 +62,11 @@ class DSelectKGate(nnx.Module):
     def __init__(self, width: int, num_experts: int, k: int, gamma: float, *, rngs: nnx.Rngs):
         self.codes = binary_codes(num_experts)
         self.k, self.gamma, self.bits = k, gamma, len(self.codes[0])
-        bits = self.bits
         # The official code starts the selector logits near 0 (uniform in +-gamma/100): every
         # expert starts with some weight and the smooth step is not yet saturated.
         small = _symmetric_uniform(gamma / 100)
         self.selector_logits = nnx.Linear(
-            width, k * bits, kernel_init=small, bias_init=small, rngs=rngs
+            width, k * self.bits, kernel_init=small, bias_init=small, rngs=rngs
         )
         self.selector_mix = nnx.Linear(width, k, rngs=rngs)
 

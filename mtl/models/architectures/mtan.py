@@ -18,23 +18,8 @@ from flax import nnx
 
 from mtl.errors import ConfigError
 from mtl.models.architectures import ARCHITECTURES
-from mtl.models.architectures.stages import require_stages, stage_shapes
+from mtl.models.architectures.stages import StageFeatures, require_stages, stage_shapes
 from mtl.models.heads import DenseHead
-
-
-class StageFeatures(nnx.Module):
-    """The trunk's stages; returns every stage's output (each [batch, h, w, c])."""
-
-    def __init__(self, trunk: nnx.Module):
-        self.trunk = trunk
-        self.out_features = trunk.out_features
-
-    def __call__(self, x: Any, *, train: bool = False) -> tuple[jax.Array, ...]:
-        outs, h = [], x
-        for block in self.trunk.stage_blocks():
-            h = block(h, train=train)
-            outs.append(h)
-        return tuple(outs)
 
 
 class AttentionMask(nnx.Module):

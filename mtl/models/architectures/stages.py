@@ -29,17 +29,25 @@ def require_stages(trunk: nnx.Module, architecture: str) -> None:
         )
 
 
+class StageFeatures(nnx.Module):
+    """The trunk's stages; returns every stage's output (each [batch, h, w, c] for the conv
+    trunks), so that the tasks can read them all (MTAN)."""
+
+    def __init__(self, trunk: nnx.Module):
+        self.trunk = trunk
+        self.out_features = trunk.out_features
+
+    def __call__(self, x: Any, *, train: bool = False) -> tuple[jax.Array, ...]:
+        outs, h = [], x
+        for block in self.trunk.stage_blocks():
+            h = block(h, train=train)
+            outs.append(h)
+        return tuple(outs)
+
+
 def stage_shapes(trunk: nnx.Module, input_shape: Any) -> list[tuple[int, ...]]:
     """The shape of every stage's output for one example, computed abstractly (no FLOPs)."""
-    graphdef, state = nnx.split(trunk)
-
-    def run(state, x):
-        module = nnx.merge(graphdef, state)
-        outs, h = [], x
-        for block in module.stage_blocks():
-            h = block(h, train=False)
-            outs.append(h)
-        return outs
-
+    graphdef, state = nnx.split(StageFeatures(trunk))
+    run = lambda state, x: nnx.merge(graphdef, state)(x)  # noqa: E731
     example = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
     return [tuple(o.shape[1:]) for o in jax.eval_shape(run, state, example)]
