@@ -324,6 +324,9 @@ METHODS = {
     for name in ("pcgrad", "mgda", "cagrad", "nash_mtl", "aligned_mtl")
     for wrt in ("shared", "representation")
 } | {f"{name}-shared": (name, "shared") for name in ("upgrad", "imtl_g", "fairgrad")}
+# The Gram route reduces over parameters and the batch the same way (tests/test_gramian.py
+# checks every method against the exact route on one device).
+METHODS |= {f"{name}-shared_gramian": (name, "shared_gramian") for name in ("pcgrad", "upgrad")}
 
 
 @pytest.mark.parametrize("key", METHODS)
@@ -386,9 +389,11 @@ def _dot_count(num_tasks: int, method) -> int:
 @pytest.mark.parametrize(
     "name", ["pcgrad", "mgda", "cagrad", "nash_mtl", "aligned_mtl", "upgrad", "imtl_g", "fairgrad"]
 )
-def test_per_task_gradients_are_one_vectorised_pass(name):
+@pytest.mark.parametrize("wrt", ["shared", "shared_gramian"])
+def test_per_task_gradients_are_one_vectorised_pass(name, wrt):
     """The program does not grow with the number of tasks: no Python loop of backward passes."""
-    assert _dot_count(2, get_weighting(name)) == _dot_count(7, get_weighting(name))
+    method = get_weighting(name, {"wrt": wrt})
+    assert _dot_count(2, method) == _dot_count(7, method)
 
 
 def test_gram_and_combine():

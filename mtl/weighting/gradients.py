@@ -9,7 +9,16 @@ the rest once:
 
   * `wrt="shared"`: `g_t` are the gradients of the shared parameters, from one `vmap` over a
     `vjp` (`base.per_task_shared_grads`); `K` is contracted leaf by leaf (no [T, P] copy) and
-    the combination is one `tensordot` per leaf.
+    the combination is one `tensordot` per leaf. The T gradients of every shared parameter
+    exist together ([T, P] floats): the combination needs them after the solve.
+  * `wrt="shared_gramian"`: the same `g_t` and the same update, from their Gram matrix only
+    (the Gramian idea of TorchJD's autogram). The T cotangents are pulled back through the
+    trunk together and each parameter's T gradients are reduced to their T x T block as they
+    are made (`shared_gramian`); after the solve, one more backward pass through the trunk
+    with the combined cotangent `sum_t w_t dL_t/dz` gives the update. It costs that extra
+    backward pass and saves the [T, P] Jacobian: the choice for large trunks. With one group
+    of rows per task (`batch_layout="per_task"`) it is `shared`, whose per-task gradients come
+    from one ordinary backward pass there.
   * `wrt="representation"`: `g_t` are the gradients at the shared representation `z` (the "UB"
     variants of Sener & Koltun 2018): T cheap passes through the heads, then ONE backward pass
     through the trunk with the cotangent `sum_t w_t dL_t/dz`.
@@ -25,7 +34,7 @@ the global batch on any mesh (tested on 8 fake devices).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -34,7 +43,7 @@ from mtl.errors import ConfigError
 from mtl.weighting import base
 
 PyTree = Any
-WRT = ("shared", "representation")
+WRT = ("shared", "shared_gramian", "representation")
 # (gram [T, T] float32, losses [T] float32, state, rng) -> (weights [T], state)
 Solve = Callable[[jax.Array, jax.Array, PyTree, jax.Array], tuple[jax.Array, PyTree]]
 
@@ -84,30 +93,84 @@ def _shared_route(objective: base.TaskObjective, solve: Solve, state, rng):
     return update, state
 
 
-def _representation_route(objective: base.TaskObjective, solve: Solve, state, rng):
+class RepresentationSplit(NamedTuple):
+    """One forward pass split at the shared representation `z`, with the per-task cotangents
+    at `z` (`z_grads`, leading task axis: T cheap pullbacks through the heads, vectorised) and
+    the heads' plain gradient; `rep_pullback(cotangent at z)` is the trunk's backward pass."""
+
+    losses: jax.Array
+    z_grads: PyTree
+    task_grads: PyTree
+    rep_pullback: Callable
+    rep_aux: Any
+    task_aux: Any
+
+
+def split_at_representation(objective: base.TaskObjective) -> RepresentationSplit:
     z, rep_pullback, rep_aux = jax.vjp(objective.representation, objective.shared, has_aux=True)
     losses, head_pullback, task_aux = jax.vjp(
         objective.task_losses, objective.task_specific, z, has_aux=True
     )
-    num_tasks = losses.shape[0]
-    # Per-task gradients at z: T pullbacks through the heads only, vectorised.
-    _, z_grads = jax.vmap(head_pullback)(jnp.eye(num_tasks, dtype=losses.dtype))
+    _, z_grads = jax.vmap(head_pullback)(jnp.eye(losses.shape[0], dtype=losses.dtype))
     task_grads, _ = head_pullback(jnp.ones_like(losses))
-    weights, state = solve(
-        gram(z_grads), jax.lax.stop_gradient(losses).astype(jnp.float32), state, rng
-    )
-    weights = jax.lax.stop_gradient(weights)
-    # One backward pass through the trunk with the combined cotangent.
-    (shared_grads,) = rep_pullback(combine(weights, z_grads))
-    update = base.Update(shared_grads, task_grads, losses, weights, rep_aux, task_aux)
-    return update, state
+    return RepresentationSplit(losses, z_grads, task_grads, rep_pullback, rep_aux, task_aux)
+
+
+def shared_gramian(split: RepresentationSplit) -> jax.Array:
+    """The Gram matrix of the per-task gradients of the shared parameters, without their
+    [T, P] Jacobian.
+
+    The T cotangents at the representation are pulled back through the trunk together
+    (`vmap`). Each parameter's T gradients (its layer's input against the T cotangents of its
+    output) are contracted to their T x T block and read by nothing else, so XLA frees them
+    while the backward pass goes on to the layers below: the step holds a few layers' per-task
+    gradients at a time, not all of them (`tests/test_gramian.py` checks the compiled step's
+    temporary memory).
+    """
+    (per_task,) = jax.vmap(split.rep_pullback)(split.z_grads)
+    return gram(per_task)
+
+
+def _through_representation(gram_of: Callable[[RepresentationSplit], jax.Array]):
+    """A route that solves on `gram_of(split)` and then pulls the combined cotangent
+    `sum_t w_t dL_t/dz` back through the trunk once: the update is `sum_t w_t g_t` for the
+    gradients whose Gram matrix was used."""
+
+    def route(objective: base.TaskObjective, solve: Solve, state, rng):
+        split = split_at_representation(objective)
+        losses = jax.lax.stop_gradient(split.losses).astype(jnp.float32)
+        weights, state = solve(gram_of(split), losses, state, rng)
+        weights = jax.lax.stop_gradient(weights)
+        (shared_grads,) = split.rep_pullback(combine(weights, split.z_grads))
+        update = base.Update(
+            shared_grads, split.task_grads, split.losses, weights, split.rep_aux, split.task_aux
+        )
+        return update, state
+
+    return route
+
+
+_representation_route = _through_representation(lambda split: gram(split.z_grads))
+_gramian_route = _through_representation(shared_gramian)
+
+
+def _gramian_or_grouped_route(objective: base.TaskObjective, solve: Solve, state, rng):
+    if objective.per_task_representation is not None:
+        # One group of rows per task: the T gradients come from one ordinary backward pass,
+        # the cheapest route already.
+        return _shared_route(objective, solve, state, rng)
+    return _gramian_route(objective, solve, state, rng)
 
 
 def gradient_method(
     init: Callable[[int], PyTree], solve: Solve, wrt: str = "shared"
 ) -> base.Weighting:
     """A `Weighting` whose shared gradient is `sum_t w_t g_t` with `w = solve(K, ...)`."""
-    route = _shared_route if wrt == "shared" else _representation_route
+    route = {
+        "shared": _shared_route,
+        "shared_gramian": _gramian_or_grouped_route,
+        "representation": _representation_route,
+    }[wrt]
 
     def update(objective: base.TaskObjective, state: PyTree, rng: jax.Array):
         return route(objective, solve, state, rng)
