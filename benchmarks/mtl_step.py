@@ -51,6 +51,16 @@ _BATCH = flags.DEFINE_integer("batch_size", 96, "Global batch (split evenly over
 _FILTERS = flags.DEFINE_integer("filters", 64, "conv4 filters.")
 _TASKS = flags.DEFINE_integer("num_tasks", 6, "Number of tasks.")
 _CONV = flags.DEFINE_enum("conv", "xla", ["xla", "matmul"], "conv4's convolution form (ours).")
+_TRUNK = flags.DEFINE_enum(
+    "trunk",
+    "conv4",
+    ["conv4", "bert"],
+    "Shared trunk: conv4 on 28x28 images, or a BERT "
+    "encoder with random weights (mean pooling, dropout 0) on random token ids.",
+)
+_BERT_SIZES = flags.DEFINE_list(
+    "bert_sizes", ["256", "4", "32"], "bert trunk: hidden size, layers, tokens per example."
+)
 _LAYOUT = flags.DEFINE_enum(
     "layout", "mixed", ["mixed", "per_task"], "Batch layout (both sides): see the docstring."
 )
@@ -60,9 +70,22 @@ _METHODS = flags.DEFINE_list(
 )
 # Tests import several of these scripts into one process, and their flags share names
 # (root, steps...): let a later definition replace an earlier one instead of failing.
-for _holder in (_ROUNDS, _STEPS, _BATCH, _FILTERS, _TASKS, _CONV, _LAYOUT, _PROFILE, _METHODS):
+for _holder in (_ROUNDS, _STEPS, _BATCH, _FILTERS, _TASKS, _CONV, _TRUNK, _BERT_SIZES, _LAYOUT,
+                _PROFILE, _METHODS):  # fmt: skip
     flags.FLAGS[_holder.name].allow_override = True
 _CLASSES = 20
+_VOCAB = 1000  # bert trunk
+
+
+def bert_sizes() -> tuple[int, int, int]:
+    """`(hidden, layers, tokens)` of the bert trunk, from `--bert_sizes`."""
+    hidden, layers, tokens = (int(v) for v in _BERT_SIZES.value)
+    return hidden, layers, tokens
+
+
+def trunk_width() -> int:
+    return bert_sizes()[0] if _TRUNK.value == "bert" else _FILTERS.value
+
 
 # (label, our weighting name, its options, the LibMTL-style peer's method, TorchJD's aggregator).
 # TorchJD's CAGrad and Nash-MTL need cvxpy, which the test extras do not install.
@@ -77,6 +100,16 @@ METHODS = [
     ("upgrad", "upgrad", {}, None, "UPGrad"),
     ("fairgrad", "fairgrad", {}, None, "FairGrad"),
     ("pcgrad (wrt=representation)", "pcgrad", {"wrt": "representation"}, None, None),
+    # The Gram-matrix route: the update of the exact rows above without their [T, P]
+    # Jacobian (one more backward pass). TorchJD's column is its autogram Engine there.
+    (
+        "pcgrad (wrt=shared_gramian)",
+        "pcgrad",
+        {"wrt": "shared_gramian"},
+        "pcgrad",
+        "autogram:PCGrad",
+    ),
+    ("upgrad (wrt=shared_gramian)", "upgrad", {"wrt": "shared_gramian"}, None, "autogram:UPGrad"),
 ]
 
 
@@ -91,23 +124,38 @@ def make_batch(num_tasks: int, batch: int, seed: int = 0, grouped: bool = False)
         labels[f"t{t}"] = np.where(owner == t, rng.integers(0, _CLASSES, batch), -1).astype(
             np.int32
         )
-    images = rng.random((batch, 28, 28, 1), dtype=np.float32)
-    return {"inputs": images, "labels": labels, "masks": masks}
+    if _TRUNK.value == "bert":
+        ids = rng.integers(1, _VOCAB, (batch, bert_sizes()[2])).astype(np.int32)
+        inputs = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+    else:
+        inputs = rng.random((batch, 28, 28, 1), dtype=np.float32)
+    return {"inputs": inputs, "labels": labels, "masks": masks}
 
 
 # --- ours ------------------------------------------------------------------------------------
 
 
 def ours(name: str, options: dict, batch: dict, num_tasks: int, dtype: str = "float32"):
-    """`(run, hlo_text, compile_s)`: `run(n)` times n of our compiled train steps (seconds per
-    step); `compile_s` is the seconds lowering and compiling the step took."""
+    """`(run, hlo_text, compile_s, temp_bytes)`: `run(n)` times n of our compiled train steps
+    (seconds per step); `compile_s` is the seconds lowering and compiling the step took;
+    `temp_bytes` is XLA's account of the step's temporary buffers (beside its arguments)."""
     tasks = tasks_from_config(
         {f"t{t}": dict(head="classification", num_outputs=_CLASSES) for t in range(num_tasks)}
     )
     config = default_config()
     config.conv4.filters = _FILTERS.value
     config.conv4.conv = _CONV.value
-    model = build_model(config, tasks, (28, 28, 1), seed=0, precision=dtype)
+    input_shape = (28, 28, 1)
+    if _TRUNK.value == "bert":
+        hidden, layers, tokens = bert_sizes()
+        config.trunk = "bert"
+        config.bert.update(
+            vocab_size=_VOCAB, hidden_size=hidden, num_layers=layers, num_heads=hidden // 64,
+            intermediate_size=4 * hidden, max_position_embeddings=tokens, dropout=0.0,
+            attention_dropout=0.0,
+        )  # fmt: skip
+        input_shape = {"input_ids": (tokens,), "attention_mask": (tokens,)}
+    model = build_model(config, tasks, input_shape, seed=0, precision=dtype)
     steps = make_steps(
         model,
         tasks,
@@ -132,7 +180,7 @@ def ours(name: str, options: dict, batch: dict, num_tasks: int, dtype: str = "fl
         jax.block_until_ready(metrics)
         return (time.perf_counter() - start) / n
 
-    return run, train_step.as_text(), compile_s
+    return run, train_step.as_text(), compile_s, train_step.memory_analysis().temp_size_in_bytes
 
 
 # --- the PyTorch peer ------------------------------------------------------------------------
@@ -153,6 +201,30 @@ class TorchConv4(torch.nn.Module):
 
     def forward(self, x):
         return self.body(x).mean(dim=(2, 3))
+
+
+class TorchBert(torch.nn.Module):
+    """transformers' BertModel with random weights and our trunk's sizes, mean-pooled; takes
+    `[batch, 2, tokens]`: the ids and the attention mask stacked (so rows index together)."""
+
+    def __init__(self):
+        super().__init__()
+        import transformers
+
+        hidden, layers, tokens = bert_sizes()
+        config = transformers.BertConfig(
+            vocab_size=_VOCAB, hidden_size=hidden, num_hidden_layers=layers,
+            num_attention_heads=hidden // 64, intermediate_size=4 * hidden,
+            max_position_embeddings=tokens, hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+        )  # fmt: skip
+        self.bert = transformers.BertModel(config, add_pooling_layer=False)
+
+    def forward(self, x):
+        ids, mask = x[:, 0], x[:, 1]
+        h = self.bert(input_ids=ids, attention_mask=mask).last_hidden_state
+        weights = mask.unsqueeze(-1).to(h.dtype)
+        return (h * weights).sum(1) / weights.sum(1)
 
 
 def _pcgrad(grads: torch.Tensor) -> torch.Tensor:  # LibMTL PCGrad.backward
@@ -229,18 +301,24 @@ class TorchSetup(NamedTuple):
     opt: torch.optim.Optimizer
     representations: Callable[[], list]  # the trunk's features: one tensor, or one per task
     losses_of: Callable[[list], list]  # features -> one loss per task
+    trunk: torch.nn.Module
 
 
 def torch_setup(batch: dict, num_tasks: int) -> TorchSetup:
     """The benchmark's model, batch and Adam in PyTorch, shared by both peers."""
     torch.manual_seed(0)
-    trunk = TorchConv4(_FILTERS.value).to(torch_device.device())
+    trunk = TorchBert() if _TRUNK.value == "bert" else TorchConv4(_FILTERS.value)
+    trunk = trunk.to(torch_device.device())
     heads = torch.nn.ModuleList(
-        [torch.nn.Linear(_FILTERS.value, _CLASSES) for _ in range(num_tasks)]
+        [torch.nn.Linear(trunk_width(), _CLASSES) for _ in range(num_tasks)]
     ).to(torch_device.device())
     shared = list(trunk.parameters())
     opt = torch.optim.Adam(list(shared) + list(heads.parameters()), lr=1e-3)
-    x = torch.from_numpy(np.ascontiguousarray(batch["inputs"].transpose(0, 3, 1, 2)))
+    if _TRUNK.value == "bert":
+        inputs = batch["inputs"]
+        x = torch.from_numpy(np.stack([inputs["input_ids"], inputs["attention_mask"]], 1)).long()
+    else:
+        x = torch.from_numpy(np.ascontiguousarray(batch["inputs"].transpose(0, 3, 1, 2)))
     ys = [torch.from_numpy(batch["labels"][f"t{t}"]).long() for t in range(num_tasks)]
     ms = [torch.from_numpy(batch["masks"][f"t{t}"]) for t in range(num_tasks)]
     x, ys, ms = torch_device.put((x, ys, ms))
@@ -263,7 +341,7 @@ def torch_setup(batch: dict, num_tasks: int) -> TorchSetup:
             for t in range(num_tasks)
         ]
 
-    return TorchSetup(shared, heads, opt, representations, losses_of)
+    return TorchSetup(shared, heads, opt, representations, losses_of, trunk)
 
 
 def _timer(step: Callable[[], None]) -> Callable[[int], float]:
@@ -312,8 +390,40 @@ def torchjd_peer(aggregator: str, batch: dict, num_tasks: int):
     return _timer(step)
 
 
+def torchjd_autogram_peer(weighting: str, batch: dict, num_tasks: int):
+    """TorchJD's Gramian-based step, the peer of our `wrt="shared_gramian"`: its autogram
+    `Engine` over the trunk gives the Gramian of the losses' Jacobian with respect to the
+    trunk's parameters (module by module, the Jacobian never whole), the weighting turns it into
+    weights, and one `backward` with those weights gives the update. `batch_dim=None`: batch
+    norm couples the rows (TorchJD refuses its batched mode for it)."""
+    from torchjd import aggregation
+    from torchjd.autogram import Engine
+
+    weights_of = {"PCGrad": aggregation.PCGradWeighting, "UPGrad": aggregation.UPGradWeighting}[
+        weighting
+    ]()
+    setup = torch_setup(batch, num_tasks)
+    engine = Engine(setup.trunk, batch_dim=None)
+
+    def step():
+        setup.opt.zero_grad()
+        losses = torch.stack(setup.losses_of(setup.representations()))
+        weights = weights_of(engine.compute_gramian(losses))
+        losses.backward(weights)
+        setup.opt.step()
+
+    return _timer(step)
+
+
+def jd_peer(spec: str, batch: dict, num_tasks: int):
+    """TorchJD's step for `spec`: an aggregator's name (autojac) or `autogram:<name>`."""
+    kind, _, name = spec.rpartition(":")
+    make = torchjd_autogram_peer if kind == "autogram" else torchjd_peer
+    return make(name, batch, num_tasks)
+
+
 def peer(method: str, batch: dict, num_tasks: int):
-    shared, _, opt, representations, losses_of = torch_setup(batch, num_tasks)
+    shared, _, opt, representations, losses_of, _ = torch_setup(batch, num_tasks)
 
     def step():
         opt.zero_grad()
@@ -380,31 +490,47 @@ def _autocast(run, dtype: str):
     return wrapped
 
 
+def trunk_description() -> str:
+    if _TRUNK.value == "bert":
+        hidden, layers, tokens = bert_sizes()
+        return f"bert ({layers} layers, hidden {hidden}, {tokens} tokens, random weights)"
+    return f"conv4 ({_FILTERS.value} filters, ours conv={_CONV.value})"
+
+
 def table(dtype: str) -> None:
     """Times every method in `dtype` and prints the table."""
     num_tasks = _TASKS.value
     batch = make_batch(num_tasks, _BATCH.value, grouped=_LAYOUT.value == "per_task")
-    runners, hlo_texts, compile_s = [], {}, {}
+    runners, hlo_texts, compile_s, temp_bytes = [], {}, {}, {}
+    # One runner per peer method, shared by the rows that run it (the Gram route's rows).
+    peers, jd_peers = {}, {}
     unknown = set(_METHODS.value) - {m[0] for m in METHODS}
     if unknown:
         known = [m[0] for m in METHODS]
         raise app.UsageError(f"--methods: unknown {sorted(unknown)}; known: {known}")
     chosen = [m for m in METHODS if not _METHODS.value or m[0] in {"equal", *_METHODS.value}]
     for label, name, options, peer_method, aggregator in chosen:
-        run_ours, hlo_texts[label], compile_s[label] = ours(name, options, batch, num_tasks, dtype)
-        run_peer = peer(peer_method, batch, num_tasks) if peer_method else None
-        run_jd = torchjd_peer(aggregator, batch, num_tasks) if aggregator else None
-        runners.append((label, run_ours, _autocast(run_peer, dtype), _autocast(run_jd, dtype)))
+        run_ours, hlo_texts[label], compile_s[label], temp_bytes[label] = ours(
+            name, options, batch, num_tasks, dtype
+        )
+        if peer_method and peer_method not in peers:
+            peers[peer_method] = _autocast(peer(peer_method, batch, num_tasks), dtype)
+        if aggregator and aggregator not in jd_peers:
+            jd_peers[aggregator] = _autocast(jd_peer(aggregator, batch, num_tasks), dtype)
+        runners.append((label, run_ours, peers.get(peer_method), jd_peers.get(aggregator)))
     times = {label: ([], [], []) for label, *_ in runners}
     for _ in range(_ROUNDS.value):
+        timed_this_round = {}  # a shared peer is timed once per round
         for label, *runs in runners:
             for timed, run in zip(times[label], runs, strict=True):
                 if run is not None:
-                    timed.append(run(_STEPS.value))
+                    if id(run) not in timed_this_round:
+                        timed_this_round[id(run)] = run(_STEPS.value)
+                    timed.append(timed_this_round[id(run)])
     med = {k: [statistics.median(t) if t else None for t in ts] for k, ts in times.items()}
     ours_eq, peer_eq, _ = med["equal"]
     print(
-        f"{num_tasks} tasks, conv4 ({_FILTERS.value} filters, ours conv={_CONV.value}), "
+        f"{num_tasks} tasks, {trunk_description()}, "
         f"batch {_BATCH.value}, layout {_LAYOUT.value}, precision {dtype}, "
         f"{_ROUNDS.value} rounds x {_STEPS.value} steps, medians; torch threads "
         f"{torch.get_num_threads()} on {torch_device.device()}, jax devices "
@@ -413,9 +539,9 @@ def table(dtype: str) -> None:
     )
     print(
         "| method | ours (ms) | ours / our equal | PyTorch (ms) | PyTorch / its equal "
-        "| PyTorch / ours | TorchJD (ms) | TorchJD / ours | our compile (s) |"
+        "| PyTorch / ours | TorchJD (ms) | TorchJD / ours | our compile (s) | our temp (MB) |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for label, (o, p, jd) in med.items():
         peer_cells = (
             f"{1e3 * p:.1f} | {p / peer_eq:.2f} | {p / o:.2f}" if p is not None else "- | - | -"
@@ -423,7 +549,7 @@ def table(dtype: str) -> None:
         jd_cells = f"{1e3 * jd:.1f} | {jd / o:.2f}" if jd is not None else "- | -"
         print(
             f"| {label} | {1e3 * o:.1f} | {o / ours_eq:.2f} | {peer_cells} | {jd_cells} "
-            f"| {compile_s[label]:.1f} |"
+            f"| {compile_s[label]:.1f} | {temp_bytes[label] / 1e6:.1f} |"
         )
     for label, run_ours, *_ in runners:
         if label in _PROFILE.value:
