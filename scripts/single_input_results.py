@@ -2,7 +2,8 @@
 methods and architectures against single-task models, over seeds.
 
 Trains, for every seed, one single-task model per task, one multi-task model per weighting
-method (hard sharing) and one per architecture (equal weights), all from
+method (hard sharing), one per architecture (equal weights) and one per architecture and method
+named in `--combinations` (`architecture:method`), all from
 configs/omniglot_single_input.py with the same steps, trunk and batch; then prints a markdown
 table: per-task test accuracy and Delta-m against the single-task models (mean +- standard
 deviation over seeds), and whether each setting's Delta-m differs from equal weighting with
@@ -112,6 +113,16 @@ def table(single: dict[str, list[dict]], multi: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
+def parse_combination(text: str) -> tuple[str, str]:
+    """`"mtan:pcgrad"` -> `("mtan", "pcgrad")`; a clear error for anything else."""
+    architecture, sep, method = text.partition(":")
+    if not (sep and architecture and method):
+        raise ValueError(
+            f"--combinations: {text!r} is not architecture:method (for example mtan:pcgrad)."
+        )
+    return architecture, method
+
+
 def main(argv):
     del argv
     flags = FLAGS
@@ -136,6 +147,12 @@ def main(argv):
         settings = {**common, "model.architecture": architecture}
         multi[f"equal / {architecture}"] = [
             run(root, f"equal_{architecture}", s, settings) for s in seeds
+        ]
+    for combination in flags.combinations:
+        architecture, method = parse_combination(combination)
+        settings = {**common, "model.architecture": architecture, "weighting.name": method}
+        multi[f"{method} / {architecture}"] = [
+            run(root, f"{method}_{architecture}", s, settings) for s in seeds
         ]
     text = table(single, multi)
     print(text)
@@ -168,6 +185,9 @@ if __name__ == "__main__":
         "architectures",
         ["mmoe", "dselect_k", "cgc", "cross_stitch", "mtan"],
         "Architectures, each with equal weights.",
+    )
+    absl_flags.DEFINE_list(
+        "combinations", [], "architecture:method pairs, e.g. mtan:pcgrad,mmoe:upgrad."
     )
     absl_flags.DEFINE_string("out", None, "Also write the markdown table to this file.")
     FLAGS = absl_flags.FLAGS

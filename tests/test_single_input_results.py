@@ -33,3 +33,9 @@ def test_table_reports_delta_m_spread_and_noise():
     rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines()}
     assert "| 0.00 +- 2.00 |" in rows["equal / hps"]  # Delta-m of 0.50 +- 0.01 against 0.5
     assert "| 20.00 +- 2.00 | yes (p=0.00) | 4 |" in rows["upgrad / hps"]
+
+
+def test_combinations_parse_or_say_how_to_write_them():
+    assert sir.parse_combination("mtan:pcgrad") == ("mtan", "pcgrad")
+    with pytest.raises(ValueError, match="architecture:method"):
+        sir.parse_combination("mtan-pcgrad")
