@@ -78,9 +78,28 @@ _VOCAB = 1000  # bert trunk
 
 
 def bert_sizes() -> tuple[int, int, int]:
-    """`(hidden, layers, tokens)` of the bert trunk, from `--bert_sizes`."""
-    hidden, layers, tokens = (int(v) for v in _BERT_SIZES.value)
+    """`(hidden, layers, tokens)` of the bert trunk, from `--bert_sizes`; BERT's shape
+    otherwise (64-wide heads, feed-forward 4x hidden: see `bert_shape`)."""
+    try:
+        hidden, layers, tokens = (int(v) for v in _BERT_SIZES.value)
+    except ValueError:
+        raise app.UsageError(
+            f"--bert_sizes: {','.join(_BERT_SIZES.value)!r} is not hidden,layers,tokens "
+            "(three integers, for example 256,4,32)."
+        ) from None
+    if hidden % 64 or min(hidden, layers, tokens) < 1:
+        raise app.UsageError(
+            f"--bert_sizes: hidden {hidden} must be a positive multiple of 64 (the heads are "
+            f"64 wide), layers {layers} and tokens {tokens} positive."
+        )
     return hidden, layers, tokens
+
+
+def bert_shape() -> dict:
+    """The bert trunk's shape, once for both sides: ours (`model.bert`) and the peers'
+    `BertConfig` name the same quantities differently."""
+    hidden, layers, tokens = bert_sizes()
+    return dict(hidden=hidden, layers=layers, heads=hidden // 64, ffn=4 * hidden, tokens=tokens)
 
 
 def trunk_width() -> int:
@@ -147,14 +166,14 @@ def ours(name: str, options: dict, batch: dict, num_tasks: int, dtype: str = "fl
     config.conv4.conv = _CONV.value
     input_shape = (28, 28, 1)
     if _TRUNK.value == "bert":
-        hidden, layers, tokens = bert_sizes()
+        b = bert_shape()
         config.trunk = "bert"
         config.bert.update(
-            vocab_size=_VOCAB, hidden_size=hidden, num_layers=layers, num_heads=hidden // 64,
-            intermediate_size=4 * hidden, max_position_embeddings=tokens, dropout=0.0,
-            attention_dropout=0.0,
+            vocab_size=_VOCAB, hidden_size=b["hidden"], num_layers=b["layers"],
+            num_heads=b["heads"], intermediate_size=b["ffn"],
+            max_position_embeddings=b["tokens"], dropout=0.0, attention_dropout=0.0,
         )  # fmt: skip
-        input_shape = {"input_ids": (tokens,), "attention_mask": (tokens,)}
+        input_shape = {"input_ids": (b["tokens"],), "attention_mask": (b["tokens"],)}
     model = build_model(config, tasks, input_shape, seed=0, precision=dtype)
     steps = make_steps(
         model,
@@ -211,11 +230,11 @@ class TorchBert(torch.nn.Module):
         super().__init__()
         import transformers
 
-        hidden, layers, tokens = bert_sizes()
+        b = bert_shape()
         config = transformers.BertConfig(
-            vocab_size=_VOCAB, hidden_size=hidden, num_hidden_layers=layers,
-            num_attention_heads=hidden // 64, intermediate_size=4 * hidden,
-            max_position_embeddings=tokens, hidden_dropout_prob=0.0,
+            vocab_size=_VOCAB, hidden_size=b["hidden"], num_hidden_layers=b["layers"],
+            num_attention_heads=b["heads"], intermediate_size=b["ffn"],
+            max_position_embeddings=b["tokens"], hidden_dropout_prob=0.0,
             attention_probs_dropout_prob=0.0,
         )  # fmt: skip
         self.bert = transformers.BertModel(config, add_pooling_layer=False)
