@@ -261,3 +261,13 @@ def test_fewshot_results_draw_seeded_k_shot_support_sets_and_score_them(task_tab
     test = (["goal team", "soup bread"], np.array([0, 1]))
     scores = results.score(learner, pool, test, 2, 3, "mr", steps=0)
     assert len(scores) == 3 and all(0.0 <= s <= 1.0 for s in scores)
+
+
+def test_fewshot_results_retrain_when_a_learner_config_changes(monkeypatch):
+    from scripts import fewshot_text_results as results
+
+    before = results.learner_tag("imaml")
+    assert before == results.learner_tag("imaml") and before != results.learner_tag("pmf")
+    edited = dict(results.META_LEARNERS["imaml"], inner_lr=0.02)
+    monkeypatch.setitem(results.META_LEARNERS, "imaml", edited)
+    assert results.learner_tag("imaml") != before

@@ -73,7 +73,9 @@ class IMamlOptions:
     inner_steps: int = 1
     imaml_lambda: float = 1.0  # strength of the proximal term λ
     cg_steps: int = 5  # conjugate-gradient steps for the implicit meta-gradient
-    head_init: str = "learned"  # learned | zero (per episode, any number of ways)
+    # learned | zero | proto (per episode, any number of ways; proto starts the head at the
+    # support prototypes, so a small inner rate on a pretrained trunk still gives a classifier)
+    head_init: str = "learned"
     bn_test: str = "batch"
 
     @property
@@ -85,10 +87,6 @@ class IMamlOptions:
 
     def check(self, kind: str, head_hidden: Sequence[int] = ()) -> None:
         check_choice("bn_test", self.bn_test, BN_TEST)
-        if self.head_init not in ("learned", "zero"):
-            raise ConfigError(
-                f"iMAML's meta.head_init must be 'learned' or 'zero', got {self.head_init!r}."
-            )
         mm.check_head(kind, self.head_init, head_hidden)
         for field in ("inner_steps", "cg_steps"):
             value = getattr(self, field)
