@@ -378,7 +378,7 @@ def _timer(step: Callable[[], None]) -> Callable[[int], float]:
     return run
 
 
-def torchjd_peer(aggregator: str, batch: dict, num_tasks: int):
+def torchjd_step(aggregator: str, setup: TorchSetup) -> Callable[[], None]:
     """TorchJD's multi-task step: `mtl_backward` (the Jacobian of the losses with respect to the
     shared parameters, heads their own gradients), then `jac_to_grad` with the aggregator."""
     from torchjd import aggregation
@@ -391,7 +391,6 @@ def torchjd_peer(aggregator: str, batch: dict, num_tasks: int):
         "UPGrad": aggregation.UPGrad,
         "FairGrad": lambda: aggregation.FairGrad(alpha=1.0),
     }[aggregator]()
-    setup = torch_setup(batch, num_tasks)
 
     def step():
         setup.opt.zero_grad()
@@ -406,10 +405,10 @@ def torchjd_peer(aggregator: str, batch: dict, num_tasks: int):
         jac_to_grad(setup.shared, aggregate)
         setup.opt.step()
 
-    return _timer(step)
+    return step
 
 
-def torchjd_autogram_peer(weighting: str, batch: dict, num_tasks: int):
+def torchjd_autogram_step(weighting: str, setup: TorchSetup) -> Callable[[], None]:
     """TorchJD's Gramian-based step, the peer of our `wrt="shared_gramian"`: its autogram
     `Engine` over the trunk gives the Gramian of the losses' Jacobian with respect to the
     trunk's parameters (module by module, the Jacobian never whole), the weighting turns it into
@@ -421,7 +420,6 @@ def torchjd_autogram_peer(weighting: str, batch: dict, num_tasks: int):
     weights_of = {"PCGrad": aggregation.PCGradWeighting, "UPGrad": aggregation.UPGradWeighting}[
         weighting
     ]()
-    setup = torch_setup(batch, num_tasks)
     engine = Engine(setup.trunk, batch_dim=None)
 
     def step():
@@ -431,14 +429,19 @@ def torchjd_autogram_peer(weighting: str, batch: dict, num_tasks: int):
         losses.backward(weights)
         setup.opt.step()
 
-    return _timer(step)
+    return step
+
+
+def jd_step(spec: str, setup: TorchSetup) -> Callable[[], None]:
+    """TorchJD's step for `spec`: an aggregator's name (autojac) or `autogram:<name>`."""
+    kind, _, name = spec.rpartition(":")
+    make = torchjd_autogram_step if kind == "autogram" else torchjd_step
+    return make(name, setup)
 
 
 def jd_peer(spec: str, batch: dict, num_tasks: int):
-    """TorchJD's step for `spec`: an aggregator's name (autojac) or `autogram:<name>`."""
-    kind, _, name = spec.rpartition(":")
-    make = torchjd_autogram_peer if kind == "autogram" else torchjd_peer
-    return make(name, batch, num_tasks)
+    """`run(n) -> seconds per step` of TorchJD's step for `spec` (see `jd_step`)."""
+    return _timer(jd_step(spec, torch_setup(batch, num_tasks)))
 
 
 def peer(method: str, batch: dict, num_tasks: int):
