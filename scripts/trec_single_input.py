@@ -54,21 +54,28 @@ def write_table(path: str, rows: list[tuple[str, str, str]]) -> None:
         writer.writerows(rows)
 
 
-def main(argv: list[str]) -> None:
-    del argv
+def write_tables(senteval_dir: str | None, tfds_dir: str | None, out: str) -> dict[str, str]:
+    """Writes `out/{train,dev,test}.csv` from SentEval's TREC folder; returns `{split: path}`."""
     from mtl.data.senteval import load_senteval
     from mtl.data.senteval_tfds import TASKS
 
-    senteval_dir, tfds_dir, out = FLAGS.senteval_dir, FLAGS.tfds_dir, FLAGS.out
     coarse = load_senteval("trec_coarse", senteval_dir, tfds_dir)
     fine = load_senteval("trec_fine", senteval_dir, tfds_dir)
     os.makedirs(out, exist_ok=True)
+    paths = {}
     for split in coarse:
         rows = joined_rows(
             coarse[split], fine[split], TASKS["trec_coarse"].labels, TASKS["trec_fine"].labels
         )
-        write_table(os.path.join(out, f"{split}.csv"), rows)
-        print(f"{split}: {len(rows)} questions -> {out}/{split}.csv")
+        paths[split] = os.path.join(out, f"{split}.csv")
+        write_table(paths[split], rows)
+        print(f"{split}: {len(rows)} questions -> {paths[split]}")
+    return paths
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    write_tables(FLAGS.senteval_dir, FLAGS.tfds_dir, FLAGS.out)
 
 
 if __name__ == "__main__":

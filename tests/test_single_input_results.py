@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch  # the test extra's PyTorch: its Student t distribution is the reference
@@ -39,3 +41,23 @@ def test_combinations_parse_or_say_how_to_write_them():
     assert sir.parse_combination("mtan:pcgrad") == ("mtan", "pcgrad")
     with pytest.raises(ValueError, match="architecture:method"):
         sir.parse_combination("mtan-pcgrad")
+
+
+def test_trec_problem_trains_both_heads_and_a_single_task_model(
+    tmp_path, tiny_ckpt, senteval_dir, senteval_tfds_dir
+):
+    from types import SimpleNamespace
+
+    from mtl.data import senteval_tfds as st
+
+    flags = SimpleNamespace(root=str(tmp_path), data_dir=senteval_dir, tfds_dir=senteval_tfds_dir,
+                            max_length=16, checkpoint=tiny_ckpt, learning_rate=None)  # fmt: skip
+    base = sir.trec_config(flags)
+    assert base.tasks.fine.num_outputs == len(st.TREC_FINE) == 50  # declared, not counted
+    common = {"num_steps": 2, "batch_size": 8, "eval_batch_size": 128, "log_every": 1}
+    both = sir.run(flags.root, "pcgrad_hps", 0, lambda: copy.deepcopy(base),
+                   {**common, "weighting.name": "pcgrad"})  # fmt: skip
+    assert set(both["accuracy"]) == {"coarse", "fine"}
+    one = sir.only_task(copy.deepcopy(base), "fine")
+    assert tuple(one.data.label_columns) == ("fine",) and list(one.tasks) == ["fine"]
+    assert list(one.data.classes) == ["fine"]
