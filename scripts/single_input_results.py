@@ -45,6 +45,7 @@ BASELINE = "equal / hps"
 
 
 def omniglot_config(flags) -> ml_collections.ConfigDict:
+    """configs/omniglot_single_input.py with the script's trunk width, rate and data flags."""
     config = omniglot_single_input.get_config()
     config.update_from_flattened_dict({
         "model.conv4.filters": flags.filters,
@@ -56,6 +57,8 @@ def omniglot_config(flags) -> ml_collections.ConfigDict:
 
 
 def trec_config(flags) -> ml_collections.ConfigDict:
+    """configs/text_table_finetune.py over TREC's `text,coarse,fine` tables (written into
+    ROOT/trec), fine-tuning the checkpoint's encoder with its own shape."""
     from configs import text_table_finetune
     from mtl.convert import converted_package
     from mtl.data import senteval_tfds as st
