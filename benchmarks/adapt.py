@@ -81,8 +81,7 @@ def ours(checkpoint: str, method: str, support, labels, queries, steps: int, set
 
     config = senteval_fewshot.get_config()
     config.init.checkpoint = checkpoint
-    saved = restore.find_source(checkpoint).options  # the converted model's architecture
-    config.model.bert.update({k: v for k, v in saved.items() if k in config.model.bert})
+    restore.take_architecture(config.model, checkpoint)
     config.model.bert.update(dropout=0.0, attention_dropout=0.0)
     config.data = dict(name="text_table", tokenizer_dir=checkpoint, max_length=MAX_LENGTH)
     config.meta.update(OURS[method], setfit_steps=setfit_steps)

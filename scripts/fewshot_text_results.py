@@ -125,8 +125,7 @@ def base_config(task: str, checkpoint: str):
 
     config = senteval_fewshot.get_config(task)
     config.init.checkpoint = checkpoint
-    saved = restore.find_source(checkpoint).options  # the converted model's architecture
-    config.model.bert.update({k: v for k, v in saved.items() if k in config.model.bert})
+    restore.take_architecture(config.model, checkpoint)
     config.model.bert.update(dropout=0.0, attention_dropout=0.0)
     config.data.senteval_dir = _SENTEVAL.value
     config.data.tfds_dir = os.path.join(_ROOT.value, "tfds")

@@ -78,8 +78,7 @@ def trec_config(flags) -> ml_collections.ConfigDict:
     config.init.checkpoint = flags.checkpoint or converted_package(
         os.path.join(flags.root, "minilm")
     )
-    saved = restore.find_source(config.init.checkpoint).options  # the checkpoint's shape
-    config.model.bert.update({k: v for k, v in saved.items() if k in config.model.bert})
+    restore.take_architecture(config.model, config.init.checkpoint)
     config.optimizer.learning_rate = flags.learning_rate or config.optimizer.learning_rate
     return config
 

@@ -41,13 +41,14 @@ def test_torchjd_gramian_engine_makes_its_jacobian_route_update_on_the_bert_trun
 
 def test_bert_trunk_is_the_same_shape_on_both_sides():
     ours = mtl_step.bert_shape()
-    peer = mtl_step.TorchBert().bert.config
+    torch_bert = mtl_step.TorchBert()
+    peer = torch_bert.bert.config
     assert (peer.hidden_size, peer.num_hidden_layers, peer.num_attention_heads) == (
         ours["hidden"], ours["layers"], ours["heads"],
     )  # fmt: skip
     assert peer.intermediate_size == ours["ffn"] == 256
     x = torch.ones((2, 2, 8), dtype=torch.long)
-    assert mtl_step.TorchBert()(x).shape == (2, 64)
+    assert torch_bert(x).shape == (2, 64)
 
 
 @pytest.mark.parametrize("sizes", [["64", "2"], ["64", "two", "8"], ["100", "2", "8"]])

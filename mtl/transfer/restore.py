@@ -115,6 +115,15 @@ def check_architecture(
         )
 
 
+def take_architecture(model_config: Any, checkpoint: str) -> None:
+    """Sets `model_config`'s trunk options to those the checkpoint was saved with (the ones the
+    config has), so that a script builds whatever size of encoder it is given; the check above
+    is for configs a user wrote."""
+    source = find_source(checkpoint)
+    trunk = model_config[source.trunk]
+    trunk.update({k: v for k, v in source.options.items() if k in trunk})
+
+
 def restore_trunk(
     trunk: nnx.Module,
     source: TrunkSource,
